@@ -1,0 +1,58 @@
+"""All of rankserve's scheduling and engine settings, in one place.
+
+Plain dataclasses with the defaults we ship; the CLI and the Serve config build them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+POLICIES = ("fcfs", "oracle", "ltr", "ssjf", "hrrn")
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyConfig:
+    name: str = "ltr"
+    # LTR starvation prevention (Fu et al. 2024): a request left waiting this many scheduling
+    # rounds is promoted for `priority_quantum` rounds, then demoted with its counter reset.
+    starvation_threshold: int = 200
+    priority_quantum: int = 10
+    # SSJF (Qiu et al. 2024): predicted time = predicted tokens x per-token time + constant;
+    # a request that waited more than `ssjf_max_wait_s`, or more than `ssjf_wait_factor` times
+    # its predicted time, goes first.
+    ssjf_max_wait_s: float = 100.0
+    ssjf_wait_factor: float = 10.0
+    per_token_time_s: float = 0.02
+    base_time_s: float = 0.05
+
+    def __post_init__(self) -> None:
+        if self.name not in POLICIES:
+            raise ValueError(f"unknown policy {self.name!r}; choose one of {', '.join(POLICIES)}")
+        if self.starvation_threshold < 1 or self.priority_quantum < 1:
+            raise ValueError("starvation_threshold and priority_quantum must be >= 1")
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerConfig:
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    # A replica takes new work only while its free KV blocks, after the new prompt's blocks,
+    # stay above this fraction of its cache (room for the running requests to grow).
+    kv_headroom_fraction: float = 0.05
+    # Requests a replica may hold beyond its running slots (queued inside the engine). Small on
+    # purpose: the global queue is the only long one.
+    max_engine_waiting: int = 0
+    # Tokens per dispatch (slice); None runs a request to completion on one replica.
+    slice_tokens: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    """One vLLM engine's batching limits (vLLM's names and meanings)."""
+
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 8192
+    block_size: int = 16
+    num_kv_blocks: int | None = None  # None: derived from the step-time profile's memory model
+    max_model_len: int = 8192
+    # vLLM v1 caps one long prompt's chunk per step so that it cannot take the whole budget.
+    long_prefill_token_threshold: int = 0  # 0: no cap beyond the step budget

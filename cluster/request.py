@@ -1,0 +1,93 @@
+"""A request as the scheduling core sees it, and its life cycle."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class RequestState(enum.Enum):
+    QUEUED = "queued"  # in the global queue (new, or back after a preemption or slice end)
+    DISPATCHED = "dispatched"  # sent to a replica, not yet running there
+    RUNNING = "running"  # the replica is generating for it
+    FINISHED = "finished"
+    FAILED = "failed"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in (RequestState.FINISHED, RequestState.FAILED)
+
+
+_ALLOWED = {
+    RequestState.QUEUED: {RequestState.DISPATCHED, RequestState.FAILED},
+    RequestState.DISPATCHED: {RequestState.RUNNING, RequestState.QUEUED, RequestState.FAILED,
+                              RequestState.FINISHED},
+    RequestState.RUNNING: {RequestState.QUEUED, RequestState.FINISHED, RequestState.FAILED},
+    RequestState.FINISHED: set(),
+    RequestState.FAILED: set(),
+}
+
+
+class InvalidTransition(RuntimeError):
+    pass
+
+
+@dataclass(slots=True, eq=False)
+class Request:
+    """One generation request.
+
+    `output_tokens` is the true answer length: known to the simulator and to the oracle policy
+    only. Live requests leave it None and stop at `max_tokens` or end of sequence.
+    """
+
+    request_id: str
+    prompt_tokens: int
+    max_tokens: int
+    arrival_time: float
+    output_tokens: int | None = None
+    score: float | None = None  # predictor rank score: higher means a longer answer
+    predicted_tokens: float | None = None  # predicted answer length in tokens
+    slo: str | None = None
+    tenant: str | None = None
+    priority_hint: int | None = None
+
+    state: RequestState = RequestState.QUEUED
+    generated: int = 0  # tokens produced so far, across slices and replicas
+    replica_id: str | None = None
+    first_token_time: float | None = None
+    finish_time: float | None = None
+    last_token_time: float | None = None
+    max_token_gap: float = 0.0  # largest gap between two consecutive tokens
+    num_preemptions: int = 0
+    num_dispatches: int = 0
+    error: str | None = None
+    seq: int = field(default=0)  # arrival order, set by the scheduler; tie-breaker everywhere
+
+    @property
+    def target_tokens(self) -> int:
+        """Tokens this request will produce in total if nothing stops it early."""
+        if self.output_tokens is None:
+            return self.max_tokens
+        return min(self.output_tokens, self.max_tokens)
+
+    @property
+    def remaining_tokens(self) -> int:
+        return self.target_tokens - self.generated
+
+    def transition(self, new: RequestState) -> None:
+        if new not in _ALLOWED[self.state]:
+            raise InvalidTransition(f"{self.request_id}: {self.state.value} -> {new.value}")
+        self.state = new
+
+    def record_tokens(self, count: int, now: float) -> None:
+        """Account `count` new tokens emitted at `now` (a step may emit one per request)."""
+        if count <= 0:
+            return
+        if self.first_token_time is None:
+            self.first_token_time = now
+        elif self.last_token_time is not None:
+            gap = now - self.last_token_time
+            if gap > self.max_token_gap:
+                self.max_token_gap = gap
+        self.last_token_time = now
+        self.generated += count
