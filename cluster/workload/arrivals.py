@@ -43,6 +43,14 @@ class ArrivalSpec:
         return f"trace:{self.trace_path}" + (f"@{self.rate:g}" if self.rate is not None else "")
 
 
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _positive(text: str, what: str, spec: str) -> float:
     try:
         value = float(text)
@@ -78,13 +86,8 @@ def parse_arrivals(spec: str) -> ArrivalSpec:
             raise ArrivalSpecError(f"arrival spec {spec!r}: expected trace:FILE[@RATE]")
         # A file name may itself hold '@'; only a trailing @NUMBER is a rate.
         path, at, rate_text = rest.rpartition("@")
-        if at:
-            try:
-                float(rate_text)
-            except ValueError:
-                path, rate_text = rest, ""
-        else:
-            path = rest
+        if not at or not _is_number(rate_text):
+            path, rate_text = rest, ""
         rate = _positive(rate_text, "RATE", spec) if rate_text else None
         return ArrivalSpec("trace", rate=rate, trace_path=Path(path))
     raise ArrivalSpecError(f"arrival spec {spec!r}: unknown kind {kind!r}; {usage}")

@@ -18,6 +18,9 @@ from pathlib import Path
 
 from cluster.workload.compressed import open_text_read, open_text_write
 
+# 300 GPTeacher prompts (MIT; see data/README.md), installed with the package for demos.
+DEMO_PROMPT_FILE = Path(__file__).resolve().parent / "data" / "demo_prompts.jsonl"
+
 
 class PromptFileError(ValueError):
     """A malformed prompt file; the message names the file, line and field."""
