@@ -49,8 +49,9 @@ class SchedulerConfig:
 class EngineConfig:
     """One vLLM engine's batching limits (vLLM's names and meanings)."""
 
-    max_num_seqs: int = 256
-    max_num_batched_tokens: int = 8192
+    # None: vLLM's own default for the GPU (the step-time profile knows which GPU it models).
+    max_num_seqs: int | None = None
+    max_num_batched_tokens: int | None = None
     block_size: int = 16
     num_kv_blocks: int | None = None  # None: derived from the step-time profile's memory model
     max_model_len: int = 8192

@@ -1,0 +1,121 @@
+"""Serving metrics as the papers report them, from per-request timestamps. The simulator and
+the live benchmark both compute their figures here."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from cluster.request import Request, RequestState
+
+
+@dataclass(frozen=True, slots=True)
+class RequestTiming:
+    """What one completed request looked like from the client's side (seconds)."""
+
+    arrival: float
+    first_token: float
+    finish: float
+    output_tokens: int
+    max_token_gap: float = 0.0
+    preemptions: int = 0
+    slo_met: bool | None = None
+
+    @property
+    def e2e(self) -> float:
+        return self.finish - self.arrival
+
+    @property
+    def ttft(self) -> float:
+        return self.first_token - self.arrival
+
+    @property
+    def tpot(self) -> float | None:
+        if self.output_tokens < 2:
+            return None
+        return (self.finish - self.first_token) / (self.output_tokens - 1)
+
+    @property
+    def per_token(self) -> float:
+        return self.e2e / max(1, self.output_tokens)
+
+    @property
+    def max_wait(self) -> float:
+        """The LTR paper's fairness metric: the longest the client saw nothing arrive."""
+        return max(self.ttft, self.max_token_gap)
+
+
+def timing_of(request: Request) -> RequestTiming:
+    if request.state is not RequestState.FINISHED:
+        raise ValueError(f"{request.request_id} has not finished")
+    return RequestTiming(
+        arrival=request.arrival_time,
+        first_token=request.first_token_time,
+        finish=request.finish_time,
+        output_tokens=request.generated,
+        max_token_gap=request.max_token_gap,
+        preemptions=request.num_preemptions,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Distribution:
+    mean: float
+    p50: float
+    p90: float
+    p99: float
+    max: float
+
+    @classmethod
+    def of(cls, values: Iterable[float]) -> Distribution:
+        a = np.fromiter(values, dtype=float)
+        if a.size == 0:
+            nan = float("nan")
+            return cls(nan, nan, nan, nan, nan)
+        p50, p90, p99 = np.percentile(a, [50, 90, 99])
+        return cls(float(a.mean()), float(p50), float(p90), float(p99), float(a.max()))
+
+
+@dataclass(frozen=True, slots=True)
+class ServingMetrics:
+    completions: int
+    failed: int
+    duration_s: float  # first arrival to last completion
+    throughput_rps: float
+    throughput_tps: float
+    e2e_latency_s: Distribution
+    per_token_latency_s: Distribution
+    ttft_s: Distribution
+    tpot_s: Distribution
+    max_wait_s: Distribution
+    preemptions: int
+    slo_attainment: float | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def summarize(timings: list[RequestTiming], failed: int = 0,
+              start: float | None = None, end: float | None = None) -> ServingMetrics:
+    if timings:
+        start = min(t.arrival for t in timings) if start is None else start
+        end = max(t.finish for t in timings) if end is None else end
+    duration = max(0.0, (end or 0.0) - (start or 0.0))
+    tokens = sum(t.output_tokens for t in timings)
+    slo = [t.slo_met for t in timings if t.slo_met is not None]
+    return ServingMetrics(
+        completions=len(timings),
+        failed=failed,
+        duration_s=duration,
+        throughput_rps=len(timings) / duration if duration > 0 else 0.0,
+        throughput_tps=tokens / duration if duration > 0 else 0.0,
+        e2e_latency_s=Distribution.of(t.e2e for t in timings),
+        per_token_latency_s=Distribution.of(t.per_token for t in timings),
+        ttft_s=Distribution.of(t.ttft for t in timings),
+        tpot_s=Distribution.of(x for t in timings if (x := t.tpot) is not None),
+        max_wait_s=Distribution.of(t.max_wait for t in timings),
+        preemptions=sum(t.preemptions for t in timings),
+        slo_attainment=sum(slo) / len(slo) if slo else None,
+    )

@@ -1,0 +1,128 @@
+"""The global request queue. Each policy is a queue whose iteration order is the policy."""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+
+from cluster.config import PolicyConfig
+from cluster.request import Request
+
+# Priority given to promoted (starving or aged) requests: ahead of any policy key.
+PROMOTED_PRIORITY = -1e12
+
+
+class RequestQueue(ABC):
+    """Queued requests in dispatch order.
+
+    `ordered(now)` yields best-first; the caller may `remove` yielded requests during or after
+    the iteration. `begin_round()` marks one scheduling round in which replicas had room: the
+    unit of LTR's starvation counter.
+    """
+
+    def __init__(self, config: PolicyConfig) -> None:
+        self.config = config
+        self.round = 0
+
+    def begin_round(self, now: float) -> None:
+        self.round += 1
+
+    @abstractmethod
+    def add(self, request: Request, now: float) -> None: ...
+
+    @abstractmethod
+    def remove(self, request: Request) -> None: ...
+
+    @abstractmethod
+    def __len__(self) -> int: ...
+
+    @abstractmethod
+    def __contains__(self, request: Request) -> bool: ...
+
+    @abstractmethod
+    def ordered(self, now: float) -> Iterator[Request]: ...
+
+    @abstractmethod
+    def priority(self, request: Request, now: float) -> float:
+        """Lower runs first. Passed to the engine so that its local order follows ours."""
+
+    def slice_limit(self, request: Request) -> int | None:
+        """Most tokens the request may generate in its next dispatch; None: no policy limit."""
+        return None
+
+
+class LazyHeap:
+    """A min-heap of requests by a fixed key, with O(log n) lazy removal and non-destructive
+    ordered iteration (popped entries that were not removed are pushed back afterwards)."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, int, Request]] = []
+        self._live: dict[int, tuple[float, int]] = {}  # id(request) -> (key, push token)
+        self._tokens = itertools.count()
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def __contains__(self, request: Request) -> bool:
+        return id(request) in self._live
+
+    def push(self, request: Request, key: float) -> None:
+        # A fresh token per push: an old entry of a request queued again must stay dead.
+        token = next(self._tokens)
+        self._live[id(request)] = (key, token)
+        heapq.heappush(self._heap, (key, request.seq, token, request))
+
+    def discard(self, request: Request) -> None:
+        self._live.pop(id(request), None)
+
+    def key(self, request: Request) -> float:
+        return self._live[id(request)][0]
+
+    def _is_live(self, entry: tuple[float, int, int, Request]) -> bool:
+        live = self._live.get(id(entry[3]))
+        return live is not None and live[1] == entry[2]
+
+    def ordered(self) -> Iterator[Request]:
+        heap, popped = self._heap, []
+        try:
+            while heap:
+                entry = heapq.heappop(heap)
+                if not self._is_live(entry):
+                    continue
+                popped.append(entry)
+                yield entry[3]
+        finally:
+            for entry in popped:
+                if self._is_live(entry):
+                    heapq.heappush(heap, entry)
+
+
+class StaticKeyQueue(RequestQueue):
+    """A queue ordered by a key fixed when the request is queued."""
+
+    def __init__(self, config: PolicyConfig) -> None:
+        super().__init__(config)
+        self._heap = LazyHeap()
+
+    @abstractmethod
+    def key(self, request: Request) -> float: ...
+
+    def add(self, request: Request, now: float) -> None:
+        self._heap.push(request, self.key(request))
+
+    def remove(self, request: Request) -> None:
+        self._heap.discard(request)
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def __contains__(self, request: Request) -> bool:
+        return request in self._heap
+
+    def ordered(self, now: float) -> Iterator[Request]:
+        return self._heap.ordered()
+
+    def priority(self, request: Request, now: float) -> float:
+        return self.key(request)

@@ -1,0 +1,211 @@
+"""A simulated engine replica that schedules like one vLLM v1 engine with the priority policy.
+
+Per step, as vLLM v1's scheduler does: running requests first, in admission order, each taking
+what it still needs (a decode token, or the next prefill chunk) from the step's token budget;
+when the KV cache cannot grow, the lowest-priority running request is preempted by recompute
+(its blocks freed, its tokens recomputed when it is readmitted). Only if nothing was preempted,
+waiting requests are admitted in priority order while slots, budget and blocks last (chunked
+prefill). The step's duration comes from the calibrated step-time model.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from cluster.config import EngineConfig
+from cluster.placement import ReplicaLoad
+from cluster.request import Request
+from cluster.scheduler import Dispatch
+from cluster.sim.kv_cache import KVBlockPool
+
+
+class StepTime(Protocol):
+    def step_seconds(
+        self,
+        prefill_tokens: int,
+        decode_seqs: int,
+        decode_context_tokens: int,
+        prefill_sq_tokens: int = 0,
+        prefill_ctx_tokens: int = 0,
+        num_prefills: int = 0,
+    ) -> float: ...
+
+
+@dataclass(slots=True, eq=False)
+class Sequence:
+    """The engine's state of one dispatched request."""
+
+    request: Request
+    priority: int
+    base_len: int  # prompt + tokens generated before this dispatch
+    max_new: int  # tokens this dispatch may generate
+    new_tokens: int = 0
+    num_computed: int = 0
+    blocks: int = 0
+    admitted: bool = False  # running since its last (re)admission
+
+    @property
+    def num_tokens(self) -> int:
+        return self.base_len + self.new_tokens
+
+    @property
+    def order(self) -> tuple[int, int]:
+        return (self.priority, self.request.seq)
+
+
+@dataclass(slots=True)
+class StepResult:
+    duration: float
+    sampled: list[Sequence] = field(default_factory=list)  # one new token each
+    started: list[Sequence] = field(default_factory=list)  # admitted (or readmitted) this step
+    preempted: list[Sequence] = field(default_factory=list)
+    done: list[Sequence] = field(default_factory=list)  # dispatch ended (finished or slice end)
+    batch_size: int = 0
+    prefill_tokens: int = 0
+
+
+class SimulatedEngine:
+    def __init__(self, replica_id: str, config: EngineConfig, step_time: StepTime,
+                 num_kv_blocks: int) -> None:
+        self.replica_id = replica_id
+        self.config = config
+        self.step_time = step_time
+        self.kv = KVBlockPool(num_kv_blocks, config.block_size)
+        self.running: list[Sequence] = []
+        self._waiting: list[tuple[int, int, Sequence]] = []
+        self._by_id: dict[str, Sequence] = {}
+        self.steps = 0
+        self.busy_time = 0.0
+        self.preemptions = 0
+
+    def add(self, dispatch: Dispatch) -> None:
+        request = dispatch.request
+        if request.request_id in self._by_id:
+            raise ValueError(f"{request.request_id} is already on replica {self.replica_id}")
+        context = request.prompt_tokens + request.generated
+        if context + 1 > self.config.max_model_len:
+            raise ValueError(f"{request.request_id}: {context} tokens exceed max_model_len")
+        seq = Sequence(request, dispatch.priority, context, dispatch.max_new_tokens)
+        self._by_id[request.request_id] = seq
+        heapq.heappush(self._waiting, (seq.priority, request.seq, seq))
+
+    def abort(self, request_id: str) -> None:
+        seq = self._by_id.pop(request_id, None)
+        if seq is None:
+            return
+        if seq in self.running:
+            self.running.remove(seq)
+        else:
+            self._waiting = [e for e in self._waiting if e[2] is not seq]
+            heapq.heapify(self._waiting)
+        self.kv.release(seq.blocks)
+        seq.blocks = 0
+
+    def has_work(self) -> bool:
+        return bool(self.running or self._waiting)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self._waiting)
+
+    def load(self) -> ReplicaLoad:
+        return ReplicaLoad(self.replica_id, len(self.running), len(self._waiting), self.kv.free,
+                           self.kv.num_blocks)
+
+    def _preempt(self, seq: Sequence, result: StepResult) -> None:
+        self.running.remove(seq)
+        self.kv.release(seq.blocks)
+        seq.blocks = 0
+        seq.num_computed = 0
+        seq.admitted = False  # its readmission starts it running again
+        heapq.heappush(self._waiting, (seq.priority, seq.request.seq, seq))
+        result.preempted.append(seq)
+        self.preemptions += 1
+
+    def step(self) -> StepResult:
+        """Form one batch, advance every scheduled request, and return what happened and how
+        long it took. The caller applies the outcome at now + duration."""
+        result = StepResult(0.0)
+        budget = self.config.max_num_batched_tokens
+        chunk_cap = self.config.long_prefill_token_threshold or budget
+        kv = self.kv
+        scheduled: list[tuple[Sequence, int]] = []
+
+        i = 0
+        while i < len(self.running) and budget > 0:
+            seq = self.running[i]
+            want = min(seq.num_tokens - seq.num_computed, chunk_cap, budget)
+            while True:
+                grown = kv.try_grow(seq.blocks, seq.num_computed + want)
+                if grown is not None:
+                    seq.blocks = grown
+                    break
+                victim = max(self.running, key=lambda s: s.order)
+                if victim is not seq:
+                    for k, (s, n) in enumerate(scheduled):
+                        if s is victim:  # it ran earlier in this step: give its budget back
+                            budget += n
+                            del scheduled[k]
+                            break
+                    if self.running.index(victim) < i:
+                        i -= 1
+                self._preempt(victim, result)
+                if victim is seq:
+                    want = 0
+                    break
+            if want == 0:
+                continue
+            scheduled.append((seq, want))
+            budget -= want
+            i += 1
+
+        if not result.preempted:
+            waiting = self._waiting
+            while waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
+                seq = waiting[0][2]
+                want = min(seq.num_tokens - seq.num_computed, chunk_cap, budget)
+                grown = kv.try_grow(seq.blocks, seq.num_computed + want)
+                if grown is None:
+                    break
+                heapq.heappop(waiting)
+                seq.blocks = grown
+                self.running.append(seq)
+                if not seq.admitted:
+                    seq.admitted = True
+                    result.started.append(seq)
+                scheduled.append((seq, want))
+                budget -= want
+
+        if not scheduled:
+            return result
+
+        prefill = decode = ctx = sq = pctx = nprefill = 0
+        for seq, n in scheduled:
+            if n == 1 and seq.num_computed >= seq.base_len:
+                decode += 1
+                ctx += seq.num_computed + 1
+            else:
+                prefill += n
+                sq += n * n
+                pctx += n * seq.num_computed
+                nprefill += 1
+            seq.num_computed += n
+            if seq.num_computed == seq.num_tokens:
+                seq.new_tokens += 1
+                result.sampled.append(seq)
+                if seq.new_tokens >= seq.max_new:
+                    result.done.append(seq)
+        for seq in result.done:
+            self.running.remove(seq)
+            kv.release(seq.blocks)
+            seq.blocks = 0
+            del self._by_id[seq.request.request_id]
+
+        result.duration = self.step_time.step_seconds(prefill, decode, ctx, sq, pctx, nprefill)
+        result.batch_size = len(scheduled)
+        result.prefill_tokens = prefill
+        self.steps += 1
+        self.busy_time += result.duration
+        return result

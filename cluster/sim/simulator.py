@@ -1,0 +1,218 @@
+"""Runs the scheduling core against simulated vLLM engines in virtual time.
+
+The same `Scheduler` that the live scheduler actor hosts makes every decision here; only the
+clock and the engines differ. Events: arrivals (from the workload) and engine step completions.
+All events at one instant are applied before one scheduling round, so a burst is ranked as a
+whole rather than dispatched in arrival order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import math
+import time
+from dataclasses import dataclass, field
+
+from tqdm import tqdm
+
+from cluster.clock import VirtualClock
+from cluster.config import EngineConfig, SchedulerConfig
+from cluster.metrics import RequestTiming, ServingMetrics, summarize, timing_of
+from cluster.request import Request, RequestState
+from cluster.scheduler import Scheduler
+from cluster.sim.engine import SimulatedEngine, StepResult
+from cluster.sim.step_time import StepTimeModel, StepTimeProfile
+from cluster.workload.workload import WorkloadItem
+
+
+@dataclass(frozen=True, slots=True)
+class SimulationConfig:
+    scheduler: SchedulerConfig
+    engine: EngineConfig
+    profile: StepTimeProfile
+    replicas: int = 1
+    # Synthetic-data-generation mode (LTR paper): stop after K answers, or at T seconds.
+    until_completions: int | None = None
+    time_limit_s: float | None = None
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        if self.replicas < 1:
+            raise ValueError("replicas must be >= 1")
+
+
+@dataclass(slots=True)
+class SimulationResult:
+    policy: str
+    metrics: ServingMetrics
+    timings: list[RequestTiming]
+    requests: list[Request]
+    virtual_time_s: float
+    wall_time_s: float
+    engine_steps: int
+    engine_preemptions: int
+    slices: int
+    unfinished: int
+    time_to_k_s: float | None = None
+    stopped_by: str = "drained"
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        out = {"policy": self.policy, **self.metrics.to_dict()}
+        out["preemptions"] = self.engine_preemptions
+        out.update(
+            slices=self.slices,
+            unfinished=self.unfinished,
+            virtual_time_s=self.virtual_time_s,
+            wall_time_s=self.wall_time_s,
+            engine_steps=self.engine_steps,
+            stopped_by=self.stopped_by,
+        )
+        if self.time_to_k_s is not None:
+            out["time_to_k_s"] = self.time_to_k_s
+        return out
+
+
+def to_request(item: WorkloadItem) -> Request:
+    return Request(
+        request_id=item.request_id,
+        prompt_tokens=item.prompt_tokens,
+        max_tokens=item.output_tokens,  # forced length, as with ignore_eos in live benchmarks
+        arrival_time=item.arrival_time,
+        output_tokens=item.output_tokens,
+        score=item.score,
+        predicted_tokens=item.predicted_tokens,
+        slo=item.slo,
+        tenant=item.tenant,
+    )
+
+
+def vllm_batch_defaults(profile: StepTimeProfile) -> tuple[int, int]:
+    """(max_num_seqs, max_num_batched_tokens) that vLLM 0.32's OpenAI server picks for the
+    profile's device (vllm/engine/arg_utils.py, get_batch_defaults)."""
+    name = profile.name.lower()
+    if name.startswith("cpu"):
+        return 128, 2048
+    if "a100" in name or profile.gpu_memory_gib < 70:
+        return 256, 2048
+    if profile.gpu_memory_gib >= 160:
+        return 1024, 16384
+    return 1024, 8192
+
+
+def resolve_engine(engine: EngineConfig, profile: StepTimeProfile) -> EngineConfig:
+    """The engine settings with vLLM's defaults and the profile's KV cache filled in."""
+    seqs, tokens = vllm_batch_defaults(profile)
+    return dataclasses.replace(
+        engine,
+        max_num_seqs=engine.max_num_seqs or seqs,
+        max_num_batched_tokens=engine.max_num_batched_tokens or tokens,
+        num_kv_blocks=engine.num_kv_blocks or profile.num_kv_blocks,
+        block_size=profile.block_size,
+        max_model_len=min(engine.max_model_len, profile.max_model_len),
+    )
+
+
+def simulate(items: list[WorkloadItem], config: SimulationConfig) -> SimulationResult:
+    wall_start = time.perf_counter()
+    clock = VirtualClock()
+    scheduler = Scheduler(config.scheduler, clock)
+    model = StepTimeModel(config.profile)
+    engine_config = resolve_engine(config.engine, config.profile)
+    blocks = engine_config.num_kv_blocks
+    engines = [
+        SimulatedEngine(f"r{i}", engine_config, model, blocks) for i in range(config.replicas)
+    ]
+    by_id = {e.replica_id: e for e in engines}
+    for e in engines:
+        scheduler.add_replica(e.replica_id, engine_config.max_num_seqs, blocks,
+                              engine_config.block_size)
+
+    arrivals = sorted((to_request(item) for item in items), key=lambda r: r.arrival_time)
+    busy: dict[str, bool] = {e.replica_id: False for e in engines}
+    steps: list[tuple[float, int, str, StepResult]] = []
+    step_seq = 0
+    finished = 0
+    target = config.until_completions
+    time_to_k = None
+    stopped_by = "drained"
+    ai, n = 0, len(arrivals)
+    bar = tqdm(total=target or n, unit="req", disable=not config.progress, leave=False,
+               desc=f"simulate {config.scheduler.policy.name}")
+
+    while True:
+        t = min(arrivals[ai].arrival_time if ai < n else math.inf,
+                steps[0][0] if steps else math.inf)
+        if t == math.inf:
+            break
+        if config.time_limit_s is not None and t > config.time_limit_s:
+            clock.advance_to(config.time_limit_s)
+            stopped_by = "time_limit"
+            break
+        clock.advance_to(t)
+        while ai < n and arrivals[ai].arrival_time <= t:
+            scheduler.submit(arrivals[ai])
+            ai += 1
+        while steps and steps[0][0] <= t:
+            _, _, replica_id, result = heapq.heappop(steps)
+            busy[replica_id] = False
+            done = _apply(scheduler, result)
+            scheduler.update_load(by_id[replica_id].load())
+            if done:
+                finished += done
+                bar.update(done)
+        if target is not None and finished >= target:
+            time_to_k = t
+            stopped_by = "until_completions"
+            break
+        for d in scheduler.schedule():
+            by_id[d.replica_id].add(d)
+        for engine in engines:
+            if busy[engine.replica_id] or not engine.has_work():
+                continue
+            result = engine.step()
+            if result.batch_size == 0:
+                continue  # nothing fits yet; a later event frees room
+            busy[engine.replica_id] = True
+            step_seq += 1
+            heapq.heappush(steps, (t + result.duration, step_seq, engine.replica_id, result))
+    bar.close()
+
+    done_requests = [r for r in scheduler.requests() if r.state is RequestState.FINISHED]
+    timings = [timing_of(r) for r in done_requests]
+    failed = sum(1 for r in scheduler.requests() if r.state is RequestState.FAILED)
+    unfinished = n - len(done_requests) - failed
+    end = clock.now() if stopped_by == "time_limit" else None
+    return SimulationResult(
+        policy=config.scheduler.policy.name,
+        metrics=summarize(timings, failed=failed, end=end),
+        timings=timings,
+        requests=arrivals,
+        virtual_time_s=clock.now(),
+        wall_time_s=time.perf_counter() - wall_start,
+        engine_steps=sum(e.steps for e in engines),
+        engine_preemptions=sum(e.preemptions for e in engines),
+        slices=scheduler.stats().slices,
+        unfinished=unfinished,
+        time_to_k_s=time_to_k,
+        stopped_by=stopped_by,
+    )
+
+
+def _apply(scheduler: Scheduler, result: StepResult) -> int:
+    """Apply one finished engine step to the scheduler; returns completions."""
+    for seq in result.preempted:
+        scheduler.on_preempted(seq.request.request_id)
+    for seq in result.started:
+        scheduler.on_running(seq.request.request_id)
+    for seq in result.sampled:
+        scheduler.on_tokens(seq.request.request_id, 1)
+    completed = 0
+    for seq in result.done:
+        if seq.request.remaining_tokens <= 0:
+            scheduler.on_finished(seq.request.request_id)
+            completed += 1
+        else:
+            scheduler.on_slice_end(seq.request.request_id)
+    return completed
