@@ -52,8 +52,9 @@ class SSJFQueue(RequestQueue):
         return request in self._by_time
 
     def _age(self, now: float) -> None:
+        # Strictly over the bound, as the rule says: at exactly the bound a request has not aged.
         heap = self._deadline_heap
-        while heap and heap[0][0] <= now:
+        while heap and heap[0][0] < now:
             deadline, _, request = heapq.heappop(heap)
             if self._deadline.get(id(request)) == deadline:
                 del self._deadline[id(request)]
