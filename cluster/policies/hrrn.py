@@ -28,16 +28,19 @@ class HRRNQueue(RequestQueue):
         self._index: dict[int, int] = {}
         self._arrival = np.empty(1024)
         self._service = np.empty(1024)
+        self._seq = np.empty(1024, dtype=np.int64)
 
     def add(self, request: Request, now: float) -> None:
         i = len(self._requests)
         if i == len(self._arrival):
             self._arrival = np.resize(self._arrival, 2 * i)
             self._service = np.resize(self._service, 2 * i)
+            self._seq = np.resize(self._seq, 2 * i)
         self._requests.append(request)
         self._index[id(request)] = i
         self._arrival[i] = request.arrival_time
         self._service[i] = predicted_service_s(request, self.config)
+        self._seq[i] = request.seq
 
     def remove(self, request: Request) -> None:
         i = self._index.pop(id(request), None)
@@ -50,6 +53,7 @@ class HRRNQueue(RequestQueue):
             self._index[id(moved)] = i
             self._arrival[i] = self._arrival[last]
             self._service[i] = self._service[last]
+            self._seq[i] = self._seq[last]
         self._requests.pop()
 
     def __len__(self) -> int:
@@ -69,16 +73,21 @@ class HRRNQueue(RequestQueue):
         service = self._service[:n]
         # Negated so that argsort's ascending order is highest ratio first; seq breaks ties.
         neg_ratio = -(now - self._arrival[:n] + service) / service
+        seq = self._seq[:n]
         snapshot = list(self._requests)
+
+        def by_ratio_then_seq(idx: np.ndarray) -> np.ndarray:
+            return idx[np.lexsort((seq[idx], neg_ratio[idx]))]
+
         k = min(_FIRST_BATCH, n)
-        first = np.argpartition(neg_ratio, k - 1)[:k] if k < n else np.arange(n)
-        first = sorted(first.tolist(), key=lambda i: (neg_ratio[i], snapshot[i].seq))
-        yield from (snapshot[i] for i in first)
-        if k < n:
-            seen = set(first)
-            rest = sorted((i for i in range(n) if i not in seen),
-                          key=lambda i: (neg_ratio[i], snapshot[i].seq))
-            yield from (snapshot[i] for i in rest)
+        if k == n:
+            yield from (snapshot[i] for i in by_ratio_then_seq(np.arange(n)))
+            return
+        # The first batch takes every request tied with the k-th best ratio: a cut through a
+        # tie would let later arrivals overtake earlier ones with the same ratio.
+        kth = np.partition(neg_ratio, k - 1)[k - 1]
+        yield from (snapshot[i] for i in by_ratio_then_seq(np.flatnonzero(neg_ratio <= kth)))
+        yield from (snapshot[i] for i in by_ratio_then_seq(np.flatnonzero(neg_ratio > kth)))
 
     def priority(self, request: Request, now: float) -> float:
         return -self.ratio(request, now)
