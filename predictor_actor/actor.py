@@ -1,0 +1,63 @@
+"""The shared predictor as a Ray actor: one per cluster, called concurrently by every ingress
+replica. It hosts a BatchingPredictor (predictor_actor.batching), so concurrent callers share
+batches and each batch is one call into the model.
+
+    actor = start_predictor_actor(PredictorConfig())
+    score = await actor.score.remote("Write a haiku")            # float, higher = longer
+    preds = await actor.predict_many.remote(["a", "b"])           # list[Prediction]
+    ray.get(actor.health.remote())                                # dict, "status": ok|degraded
+"""
+
+from __future__ import annotations
+
+import os
+
+import ray
+
+from predictor_actor.batching import BatchingPredictor, Prediction, PredictorConfig
+
+ACTOR_NAME = "rankserve-predictor"
+
+
+class PredictorActor:
+    """Async Ray actor: many calls run concurrently on its event loop and meet in batches."""
+
+    def __init__(
+        self, config: PredictorConfig | None = None, torch_threads: int | None = None
+    ) -> None:
+        if torch_threads:
+            os.environ["RANKSERVE_TORCH_THREADS"] = str(torch_threads)
+        self._predictor = BatchingPredictor(config or PredictorConfig())
+
+    async def predict(self, prompt) -> Prediction:
+        return await self._predictor.predict(prompt)
+
+    async def predict_many(self, prompts: list) -> list[Prediction]:
+        return await self._predictor.predict_many(list(prompts))
+
+    async def score(self, prompt) -> float:
+        return (await self._predictor.predict(prompt)).score
+
+    async def score_many(self, prompts: list) -> list[float]:
+        return [p.score for p in await self._predictor.predict_many(list(prompts))]
+
+    async def health(self) -> dict:
+        return self._predictor.health()
+
+
+def start_predictor_actor(
+    config: PredictorConfig | None = None,
+    name: str | None = ACTOR_NAME,
+    num_cpus: float = 1.0,
+    torch_threads: int | None = None,
+    max_concurrency: int = 1000,
+):
+    """Start the predictor actor (named, so every ingress replica finds the same one; it lives
+    as long as the job that started it) and return its handle. `num_cpus` is what Ray reserves; `torch_threads` how many threads the
+    encoder uses (default: min(4, cores))."""
+    cls = ray.remote(PredictorActor)
+    options = {"num_cpus": num_cpus, "max_concurrency": max_concurrency}
+    if name:
+        options["name"] = name
+        options["get_if_exists"] = True
+    return cls.options(**options).remote(config or PredictorConfig(), torch_threads)
