@@ -13,10 +13,8 @@ from cluster.config import POLICIES, EngineConfig, PolicyConfig, SchedulerConfig
 from cluster.sim.report import format_table, plot_cdfs
 from cluster.sim.simulator import SimulationConfig, SimulationResult, simulate
 from cluster.sim.step_time import available_profiles, load_profile
-from cluster.workload.prompts import read_prompt_file
+from cluster.workload.prompts import DEMO_PROMPT_FILE, read_prompt_file
 from cluster.workload.workload import WorkloadItem, build_workload
-
-DEMO_PROMPTS = Path(__file__).resolve().parent.parent / "workload" / "data" / "demo_prompts.jsonl"
 
 
 def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) -> None:
@@ -24,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     w = p.add_argument_group("workload")
     w.add_argument("--prompts", type=Path, default=None,
-                   help=f"prompt file (JSONL: prompt, output_tokens, ...); default: {DEMO_PROMPTS.name}")
+                   help=f"prompt file (JSONL: prompt, output_tokens, ...); default: {DEMO_PROMPT_FILE.name}")
     w.add_argument("--arrivals", default="burst",
                    help="burst | poisson:RATE | gamma:RATE:CV | trace:FILE[@RATE]")
     w.add_argument("--num-requests", "-n", type=int, default=None,
@@ -103,7 +101,7 @@ def with_predictions(items: list[WorkloadItem], true_lengths: bool,
 def load_items(args: argparse.Namespace) -> list[WorkloadItem]:
     prompts = None
     if not args.lengths_from_trace:
-        prompts = read_prompt_file(args.prompts or DEMO_PROMPTS)
+        prompts = read_prompt_file(args.prompts or DEMO_PROMPT_FILE)
     items = build_workload(prompts, args.arrivals, args.num_requests, args.seed,
                            target_rate=args.target_rate,
                            lengths_from_trace=args.lengths_from_trace,
