@@ -184,9 +184,12 @@ def simulate(items: list[WorkloadItem], config: SimulationConfig) -> SimulationR
     failed = sum(1 for r in scheduler.requests() if r.state is RequestState.FAILED)
     unfinished = n - len(done_requests) - failed
     end = clock.now() if stopped_by == "time_limit" else None
+    # From the workload's first arrival: when a run stops early, the earliest request that
+    # finished may have arrived later, and throughput would be taken over a shorter window.
+    start = arrivals[0].arrival_time if arrivals else None
     return SimulationResult(
         policy=config.scheduler.policy.name,
-        metrics=summarize(timings, failed=failed, end=end),
+        metrics=summarize(timings, failed=failed, start=start, end=end),
         timings=timings,
         requests=arrivals,
         virtual_time_s=clock.now(),
