@@ -109,6 +109,16 @@ def load_items(args: argparse.Namespace) -> list[WorkloadItem]:
     return with_predictions(items, args.true_lengths, args.predictor)
 
 
+def json_safe(value: object) -> object:
+    """JSON has no NaN: a statistic over no values (no completions yet, or no answer of two
+    tokens for TPOT) is written as null."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         names = policies_of(args.policy)
@@ -134,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.json:
         for result in results:
-            print(json.dumps(result.to_dict()))
+            print(json.dumps(json_safe(result.to_dict()), allow_nan=False))
     else:
         print(f"{len(items)} requests, arrivals {args.arrivals}, {args.replicas} replica(s), "
               f"profile {profile.name}")
