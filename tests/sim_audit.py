@@ -1,0 +1,185 @@
+"""Test helpers for the scheduling core and the simulated engine.
+
+`AuditedEngine` is the real SimulatedEngine that checks its invariants after every step (KV
+blocks conserved, batch limits kept, the preemption victim the lowest-priority request) and
+keeps a ledger of the tokens each request received. `audited_simulation()` makes `simulate()`
+build its engines as AuditedEngines, so whole simulations are audited step by step.
+`drive()` runs a Scheduler and engines by hand, as a host of the core does.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import pytest
+
+from cluster.clock import VirtualClock
+from cluster.config import EngineConfig
+from cluster.scheduler import Scheduler
+from cluster.sim import simulator
+from cluster.sim.engine import SimulatedEngine, StepResult
+from cluster.sim.step_time import StepTimeModel, load_profile
+
+STEP_TIME = StepTimeModel(load_profile("a100-llama3-8b"))
+
+
+@dataclass
+class Ledger:
+    """What the audited engines of one run saw."""
+
+    engines: list[AuditedEngine] = field(default_factory=list)
+    tokens: Counter = field(default_factory=Counter)  # request id -> tokens sampled for it
+    finishes: Counter = field(default_factory=Counter)  # request id -> dispatches that ended it
+    preempted: Counter = field(default_factory=Counter)  # request id -> times preempted
+    reacquired: Counter = field(default_factory=Counter)  # request id -> readmissions after one
+    steps: int = 0
+
+    def assert_drained(self) -> None:
+        """After a run that drained: no engine holds work or a KV block."""
+        for e in self.engines:
+            assert not e.has_work(), f"{e.replica_id} still has work"
+            assert e.kv.free == e.kv.num_blocks, f"{e.replica_id} leaked KV blocks"
+
+
+class AuditedEngine(SimulatedEngine):
+    def __init__(self, ledger: Ledger, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.ledger = ledger
+
+    def step(self) -> StepResult:
+        before = {id(s): s.num_computed for s in self.running}
+        result = super().step()
+        ledger, cfg, kv = self.ledger, self.config, self.kv
+        ledger.steps += 1
+
+        held = sum(s.blocks for s in self.running)
+        assert 0 <= kv.free <= kv.num_blocks
+        assert kv.free + held == kv.num_blocks, "KV blocks neither free nor held by a request"
+        assert all(s.blocks == 0 for s in result.preempted + result.done)
+        assert len(self.running) <= cfg.max_num_seqs
+        assert result.batch_size <= cfg.max_num_seqs
+
+        # Tokens computed this step: progress of those running before (a victim's tokens were
+        # given back, its progress reset) plus the whole progress of those admitted now.
+        preempted = {id(s) for s in result.preempted}
+        started = {id(s) for s in result.started}
+        progressed = {id(s): s for s in self.running + result.done + result.started}
+        tokens = sum(
+            s.num_computed - (0 if k in started else before[k])
+            for k, s in progressed.items()
+            if k not in preempted and (k in before or k in started)
+        )
+        assert tokens <= cfg.max_num_batched_tokens
+        assert result.prefill_tokens <= tokens
+        if result.batch_size:
+            assert tokens >= result.batch_size and result.duration > 0
+
+        if result.preempted:
+            assert not result.started, "admitted new work in a step that preempted"
+            survivors = self.running + result.done
+            if survivors:
+                assert min(s.order for s in result.preempted) > max(s.order for s in survivors)
+            for s in result.preempted:
+                ledger.preempted[s.request.request_id] += 1
+        done = {id(s) for s in result.done}
+        for s in result.started:
+            rid = s.request.request_id
+            assert s.blocks > 0 or id(s) in done, f"{rid} admitted without KV blocks"
+            if ledger.preempted[rid] > ledger.reacquired[rid]:
+                ledger.reacquired[rid] += 1
+        for s in result.sampled:
+            rid = s.request.request_id
+            ledger.tokens[rid] += 1
+            assert ledger.tokens[rid] <= s.request.target_tokens, f"{rid} got too many tokens"
+        for s in result.done:
+            rid = s.request.request_id
+            assert s.new_tokens == s.max_new
+            if ledger.tokens[rid] == s.request.target_tokens:
+                ledger.finishes[rid] += 1
+        return result
+
+
+@contextmanager
+def audited_simulation() -> Iterator[Ledger]:
+    """Within the block, `simulate()` runs on AuditedEngines; yields their ledger."""
+    ledger = Ledger()
+
+    def build(*args, **kwargs) -> AuditedEngine:
+        engine = AuditedEngine(ledger, *args, **kwargs)
+        ledger.engines.append(engine)
+        return engine
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(simulator, "SimulatedEngine", build)
+        yield ledger
+
+
+def make_engine(
+    ledger: Ledger,
+    replica_id: str = "r0",
+    *,
+    max_num_seqs: int = 8,
+    max_num_batched_tokens: int = 512,
+    num_kv_blocks: int = 64,
+    long_prefill_token_threshold: int = 0,
+) -> AuditedEngine:
+    config = EngineConfig(
+        max_num_seqs=max_num_seqs,
+        max_num_batched_tokens=max_num_batched_tokens,
+        num_kv_blocks=num_kv_blocks,
+        long_prefill_token_threshold=long_prefill_token_threshold,
+    )
+    engine = AuditedEngine(ledger, replica_id, config, STEP_TIME, num_kv_blocks)
+    ledger.engines.append(engine)
+    return engine
+
+
+def register(scheduler: Scheduler, engine: SimulatedEngine) -> None:
+    scheduler.add_replica(
+        engine.replica_id, engine.config.max_num_seqs, engine.kv.num_blocks, engine.kv.block_size
+    )
+
+
+def apply_step(scheduler: Scheduler, result: StepResult) -> int:
+    """Report one engine step to the scheduler; returns how many requests it finished."""
+    for s in result.preempted:
+        scheduler.on_preempted(s.request.request_id)
+    for s in result.started:
+        scheduler.on_running(s.request.request_id)
+    for s in result.sampled:
+        scheduler.on_tokens(s.request.request_id, 1)
+    finished = 0
+    for s in result.done:
+        if s.request.remaining_tokens == 0:
+            scheduler.on_finished(s.request.request_id)
+            finished += 1
+        else:
+            scheduler.on_slice_end(s.request.request_id)
+    return finished
+
+
+def drive(
+    scheduler: Scheduler,
+    clock: VirtualClock,
+    engines: dict[str, SimulatedEngine],
+    max_rounds: int | None = None,
+    tick: float = 0.01,
+) -> int:
+    """Schedule and step every engine in lock step (each round `tick` virtual seconds) until
+    nothing is left to do, or for `max_rounds` rounds. Returns the rounds run."""
+    rounds = 0
+    while max_rounds is None or rounds < max_rounds:
+        for d in scheduler.schedule():
+            engines[d.replica_id].add(d)
+        active = [e for e in engines.values() if e.has_work()]
+        if not active:
+            break
+        clock.advance_to(clock.now() + tick)
+        for e in active:
+            apply_step(scheduler, e.step())
+            scheduler.update_load(e.load())
+        rounds += 1
+    return rounds
