@@ -1,0 +1,317 @@
+"""The cluster-wide scheduler: placement, headroom, strict order, slices, replica loss, abort
+and the request life cycle, driven with a virtual clock and real simulated engines."""
+
+from __future__ import annotations
+
+import pytest
+
+from cluster.clock import VirtualClock
+from cluster.config import PolicyConfig, SchedulerConfig
+from cluster.placement import ReplicaLoad
+from cluster.request import InvalidTransition, Request, RequestState
+from cluster.scheduler import Scheduler, UnknownRequest, engine_priority
+from tests.sim_audit import Ledger, apply_step, drive, make_engine, register
+
+
+def scheduler(policy: str = "fcfs", **kw) -> tuple[Scheduler, VirtualClock]:
+    clock = VirtualClock()
+    return Scheduler(SchedulerConfig(policy=PolicyConfig(name=policy), **kw), clock), clock
+
+
+def request(rid: str, prompt: int = 16, output: int = 8, arrival: float = 0.0, **kw) -> Request:
+    return Request(rid, prompt, output, arrival, output_tokens=output, **kw)
+
+
+def report(sched: Scheduler, replica_id: str, free: int, total: int, running: int = 0) -> None:
+    sched.update_load(ReplicaLoad(replica_id, running, 0, free, total))
+
+
+# ---- placement ----------------------------------------------------------------------------
+
+
+def test_places_on_the_least_kv_loaded_replica_counting_work_sent_since_its_report():
+    sched, _ = scheduler(kv_headroom_fraction=0.0)
+    for rid, total in (("a", 100), ("b", 200), ("c", 100)):
+        sched.add_replica(rid, max_num_seqs=10, total_kv_blocks=total, block_size=16)
+    report(sched, "a", 60, 100)  # 60% free
+    report(sched, "b", 100, 200)  # 50% free: more blocks, but more loaded
+    report(sched, "c", 40, 100)
+    for i in range(3):
+        sched.submit(request(f"q{i}", prompt=16 * 20))  # 20 blocks each
+    placed = [(d.request.request_id, d.replica_id) for d in sched.schedule()]
+    # a: 60% -> 40% after q0; then b (50%) -> 40%; then all three at 40%: first registered.
+    assert placed == [("q0", "a"), ("q1", "b"), ("q2", "a")]
+
+
+def test_never_dispatches_beyond_max_num_seqs():
+    sched, _ = scheduler()
+    sched.add_replica("a", max_num_seqs=2, total_kv_blocks=1000, block_size=16)
+    sched.add_replica("b", max_num_seqs=3, total_kv_blocks=1000, block_size=16)
+    for i in range(10):
+        sched.submit(request(f"q{i}"))
+    first = sched.schedule()
+    assert sorted(d.replica_id for d in first) == ["a", "a", "b", "b", "b"]
+    assert sched.schedule() == []
+    sched.on_running("q0")
+    sched.on_tokens("q0", 8)
+    sched.on_finished("q0")
+    again = sched.schedule()
+    assert [(d.request.request_id, d.replica_id) for d in again] == [("q5", first[0].replica_id)]
+
+
+def test_max_engine_waiting_allows_that_many_beyond_the_slots():
+    sched, _ = scheduler(max_engine_waiting=2)
+    sched.add_replica("a", max_num_seqs=3, total_kv_blocks=1000, block_size=16)
+    for i in range(10):
+        sched.submit(request(f"q{i}"))
+    assert len(sched.schedule()) == 5
+
+
+def test_kv_headroom_is_kept_exactly():
+    sched, _ = scheduler(kv_headroom_fraction=0.05)
+    sched.add_replica("a", max_num_seqs=10, total_kv_blocks=100, block_size=16)
+    sched.submit(request("fits", prompt=95 * 16))  # leaves 5 blocks = 5%: allowed
+    assert [d.request.request_id for d in sched.schedule()] == ["fits"]
+    sched.abort("fits")
+    sched.submit(request("too-big", prompt=95 * 16 + 1))  # 96 blocks: 4 left, under 5%
+    assert sched.schedule() == []
+    assert sched.get("too-big").state is RequestState.QUEUED
+
+
+def test_dispatched_blocks_count_until_the_replica_reports_them():
+    sched, _ = scheduler(kv_headroom_fraction=0.0)
+    sched.add_replica("a", max_num_seqs=10, total_kv_blocks=10, block_size=16)
+    for i in range(3):
+        sched.submit(request(f"q{i}", prompt=4 * 16))
+    assert [d.request.request_id for d in sched.schedule()] == ["q0", "q1"]  # 8 of 10 blocks
+    sched.on_running("q0")
+    sched.on_running("q1")
+    report(sched, "a", 2, 10, running=2)  # now the report shows them
+    assert sched.schedule() == []
+    sched.on_tokens("q0", 8)
+    sched.on_finished("q0")
+    report(sched, "a", 6, 10, running=1)
+    assert [d.request.request_id for d in sched.schedule()] == ["q2"]
+
+
+def test_strict_order_a_request_that_fits_nowhere_stops_the_round():
+    sched, _ = scheduler("fcfs", kv_headroom_fraction=0.0)
+    sched.add_replica("a", max_num_seqs=10, total_kv_blocks=10, block_size=16)
+    report(sched, "a", 3, 10)
+    sched.submit(request("big", prompt=4 * 16))
+    sched.submit(request("small", prompt=16))
+    assert sched.schedule() == []  # small would fit, but must not overtake big
+    report(sched, "a", 10, 10)
+    assert [d.request.request_id for d in sched.schedule()] == ["big", "small"]
+
+
+def test_dispatch_carries_the_policy_order_as_engine_priority():
+    sched, _ = scheduler("oracle")
+    sched.add_replica("a", max_num_seqs=10, total_kv_blocks=1000, block_size=16)
+    sched.submit(request("long", output=300))
+    sched.submit(request("short", output=20))
+    ds = sched.schedule()
+    assert [d.request.request_id for d in ds] == ["short", "long"]
+    assert [d.priority for d in ds] == [20_000, 300_000]
+    assert [d.max_new_tokens for d in ds] == [20, 300]
+    assert engine_priority(1e30) == 2**62 and engine_priority(-1e30) == -(2**62)
+
+
+def test_no_round_without_replicas_or_queue():
+    sched, _ = scheduler()
+    sched.submit(request("q"))
+    assert sched.schedule() == [] and sched.stats().rounds == 0
+    sched.add_replica("a", max_num_seqs=1, total_kv_blocks=100, block_size=16)
+    assert len(sched.schedule()) == 1
+    assert sched.schedule() == [] and sched.stats().rounds == 1
+
+
+# ---- slices -------------------------------------------------------------------------------
+
+
+def test_slices_requeue_and_finish_with_exactly_the_right_token_count():
+    sched, clock = scheduler("oracle", slice_tokens=7)
+    ledger = Ledger()
+    engines = {e.replica_id: e for e in (make_engine(ledger, "a"), make_engine(ledger, "b"))}
+    for e in engines.values():
+        register(sched, e)
+    outputs = {"q0": 30, "q1": 7, "q2": 1, "q3": 15}
+    for rid, n in outputs.items():
+        sched.submit(request(rid, prompt=20, output=n))
+    drive(sched, clock, engines)
+    for rid, n in outputs.items():
+        r = sched.get(rid)
+        assert r.state is RequestState.FINISHED and r.generated == n
+        assert r.num_dispatches == -(-n // 7)
+        assert ledger.tokens[rid] == n and ledger.finishes[rid] == 1
+    assert sched.stats().slices == sum(-(-n // 7) - 1 for n in outputs.values())
+    ledger.assert_drained()
+
+
+def test_a_slice_ends_with_the_request_queued_and_ranked_by_what_is_left():
+    sched, _ = scheduler("oracle", slice_tokens=10)
+    sched.add_replica("a", max_num_seqs=1, total_kv_blocks=1000, block_size=16)
+    sched.submit(request("long", output=25))
+    (d,) = sched.schedule()
+    assert d.max_new_tokens == 10
+    sched.submit(request("mid", output=16))
+    sched.on_running("long")
+    sched.on_tokens("long", 10)
+    sched.on_slice_end("long")
+    long = sched.get("long")
+    assert long.state is RequestState.QUEUED and long.replica_id is None
+    assert long.generated == 10 and long.remaining_tokens == 15
+    (d,) = sched.schedule()  # 15 left beats mid's 16: ranked by remaining tokens
+    assert d.request is long and d.max_new_tokens == 10
+    assert sched.stats().slices == 1
+
+
+# ---- replica loss -------------------------------------------------------------------------
+
+
+def test_removed_replica_returns_its_requests_which_finish_elsewhere():
+    sched, clock = scheduler("fcfs")
+    ledger = Ledger()
+    a, b = make_engine(ledger, "a", max_num_seqs=4), make_engine(ledger, "b", max_num_seqs=4)
+    engines = {"a": a, "b": b}
+    register(sched, a)
+    register(sched, b)
+    outputs = {f"q{i}": 20 + i for i in range(8)}
+    for rid, n in outputs.items():
+        sched.submit(request(rid, prompt=30, output=n))
+    drive(sched, clock, engines, max_rounds=6)
+    on_a = {rid for rid in outputs if sched.get(rid).replica_id == "a"}
+    assert len(on_a) == 4
+    progress = {rid: sched.get(rid).generated for rid in on_a}
+    assert all(0 < n < outputs[rid] for rid, n in progress.items())
+
+    returned = sched.remove_replica("a")  # replica a dies; its engine is gone
+    del engines["a"]
+    assert {r.request_id for r in returned} == on_a
+    for r in returned:
+        assert r.state is RequestState.QUEUED and r.replica_id is None
+        assert r.generated == progress[r.request_id]  # the prefix it had is kept
+    assert sched.replica_ids == ["b"]
+
+    redispatched = {}
+    while True:
+        for d in sched.schedule():
+            redispatched.setdefault(d.request.request_id, d)
+            b.add(d)
+        if not b.has_work():
+            break
+        clock.advance_to(clock.now() + 0.01)
+        apply_step(sched, b.step())
+        sched.update_load(b.load())
+    for rid in on_a:
+        d = redispatched[rid]
+        assert d.replica_id == "b" and d.max_new_tokens == outputs[rid] - progress[rid]
+    for rid, n in outputs.items():
+        r = sched.get(rid)
+        assert r.state is RequestState.FINISHED and r.generated == n
+    # Tokens b produced for the moved requests: exactly what was left of them.
+    assert sum(ledger.tokens[rid] for rid in on_a) == sum(outputs[rid] for rid in on_a)
+    assert b.kv.free == b.kv.num_blocks
+
+
+# ---- abort and life cycle -----------------------------------------------------------------
+
+
+def test_abort_queued_and_dispatched_requests():
+    sched, _ = scheduler()
+    sched.add_replica("a", max_num_seqs=1, total_kv_blocks=100, block_size=16)
+    for rid in ("q0", "q1", "q2"):
+        sched.submit(request(rid))
+    (d,) = sched.schedule()
+    sched.abort("q1")  # queued
+    q1 = sched.get("q1")
+    assert q1.state is RequestState.FAILED and q1.error == "aborted" and q1 not in sched.queue
+    sched.abort("q0")  # dispatched: its slot is free again
+    assert sched.get("q0").state is RequestState.FAILED
+    assert [x.request.request_id for x in sched.schedule()] == ["q2"]
+    sched.abort("q0")  # already failed: nothing happens
+    sched.abort("nobody")
+    stats = sched.stats()
+    assert (stats.failed, stats.queued, stats.dispatched) == (2, 0, 1)
+
+
+def test_life_cycle_transitions():
+    sched, clock = scheduler()
+    sched.add_replica("a", max_num_seqs=4, total_kv_blocks=100, block_size=16)
+    sched.submit(request("q", output=3))
+    r = sched.get("q")
+    assert r.state is RequestState.QUEUED
+    with pytest.raises(InvalidTransition):
+        sched.on_finished("q")  # queued -> finished
+    sched.schedule()
+    assert r.state is RequestState.DISPATCHED and r.replica_id == "a"
+    sched.on_running("q")
+    assert r.state is RequestState.RUNNING
+    clock.advance_to(1.0)
+    sched.on_tokens("q", 1)
+    clock.advance_to(1.5)
+    sched.on_tokens("q", 2)
+    clock.advance_to(2.0)
+    sched.on_finished("q")
+    assert r.state is RequestState.FINISHED and r.state.is_terminal
+    assert (r.first_token_time, r.last_token_time, r.finish_time) == (1.0, 1.5, 2.0)
+    assert r.generated == 3 and r.max_token_gap == 0.5
+    with pytest.raises(InvalidTransition):
+        sched.on_finished("q")  # finished once only
+    with pytest.raises(InvalidTransition):
+        sched.on_slice_end("q")
+    with pytest.raises(InvalidTransition):
+        sched.on_failed("q", "late")
+    assert sched.forget("q") is r
+    with pytest.raises(UnknownRequest):
+        sched.get("q")
+
+
+@pytest.mark.parametrize(
+    ("path", "bad"),
+    [
+        ([], RequestState.RUNNING),
+        ([], RequestState.FINISHED),
+        ([RequestState.DISPATCHED, RequestState.FINISHED], RequestState.QUEUED),
+        ([RequestState.FAILED], RequestState.QUEUED),
+        ([RequestState.FAILED], RequestState.FAILED),
+        ([RequestState.DISPATCHED, RequestState.RUNNING], RequestState.DISPATCHED),
+    ],
+)
+def test_invalid_transitions_raise(path, bad):
+    r = request("q")
+    for state in path:
+        r.transition(state)
+    with pytest.raises(InvalidTransition, match=f"-> {bad.value}"):
+        r.transition(bad)
+
+
+def test_input_errors():
+    sched, _ = scheduler()
+    sched.add_replica("a", max_num_seqs=1, total_kv_blocks=100, block_size=16)
+    with pytest.raises(ValueError, match="already registered"):
+        sched.add_replica("a", max_num_seqs=1, total_kv_blocks=100, block_size=16)
+    sched.submit(request("q"))
+    with pytest.raises(ValueError, match="duplicate request id q"):
+        sched.submit(request("q"))
+    with pytest.raises(ValueError, match="max_tokens must be >= 1"):
+        sched.submit(Request("zero", 8, 0, 0.0))
+    with pytest.raises(ValueError, match="still queued"):
+        sched.forget("q")
+    with pytest.raises(UnknownRequest):
+        sched.on_tokens("ghost", 1)
+
+
+def test_preemption_report_keeps_the_request_on_its_replica():
+    sched, clock = scheduler("fcfs")
+    ledger = Ledger()
+    engine = make_engine(ledger, "a", num_kv_blocks=7, max_num_batched_tokens=512)
+    register(sched, engine)
+    for i, prompt in enumerate((31, 47, 31)):
+        sched.submit(request(f"q{i}", prompt=prompt, output=30))
+    drive(sched, clock, {"a": engine})
+    reqs = sched.requests()
+    assert all(r.state is RequestState.FINISHED and r.generated == 30 for r in reqs)
+    assert sum(r.num_preemptions for r in reqs) == engine.preemptions > 0
+    assert all(r.num_dispatches == 1 for r in reqs)  # recomputed where it was, not requeued
+    ledger.assert_drained()
