@@ -129,6 +129,16 @@ class ReplicaReport:
         return bool(self.started or self.ended or self.failed)
 
 
+PROFILES_DIR = Path(__file__).resolve().parent / "sim" / "profiles"
+
+
+def profile_path(name: str) -> str:
+    """A step-time profile measured on a live deployment (cluster/sim/profiles/NAME.json) by
+    its name; anything else as load_profile takes it (a shipped name, or a path)."""
+    measured = PROFILES_DIR / f"{name}.json"
+    return str(measured) if measured.is_file() else name
+
+
 def engine_request_id(call: GenerateCall) -> str:
     return f"{call.request_id}#{call.dispatch_no}"
 
@@ -252,6 +262,107 @@ class VllmEngine:
             self._llm = None
 
 
+class SimulatedRealtimeEngine:
+    """The simulator's engine (cluster.sim.engine), stepped in real time: each step sleeps for
+    the duration the calibrated step-time model gives it. For trying the whole serving path
+    (scheduler, streaming, failover) on machines that cannot hold a model. Its tokens are
+    placeholders (id 0, text " tok")."""
+
+    TOKEN_TEXT = " tok"
+    IDLE_STEP_S = 0.005
+
+    def __init__(self, spec: ReplicaSpec, on_step: Any) -> None:
+        from cluster.sim.simulator import resolve_engine
+        from cluster.sim.step_time import StepTimeModel, load_profile
+
+        self.spec = spec
+        self._on_step = on_step
+        profile = load_profile(profile_path(spec.sim_profile))
+        self.config = resolve_engine(spec.engine, profile)
+        self._model = StepTimeModel(profile)
+        self._engine: Any = None
+        self._queues: dict[str, asyncio.Queue] = {}
+        self._final: dict[str, bool] = {}
+        self._seq = 0
+        self._wake: asyncio.Event | None = None
+        self._loop: asyncio.Task | None = None
+
+    async def start(self) -> ReplicaInfo:
+        from cluster.sim.engine import SimulatedEngine
+
+        self._engine = SimulatedEngine(
+            self.spec.replica_id, self.config, self._model, self.config.num_kv_blocks
+        )
+        self._wake = asyncio.Event()
+        self._loop = asyncio.create_task(self._run())
+        return ReplicaInfo(
+            self.spec.replica_id,
+            self.config.max_num_seqs,
+            self.config.num_kv_blocks,
+            self.config.block_size,
+            self.config.max_model_len,
+        )
+
+    async def generate(self, call: GenerateCall) -> AsyncIterator[TokenChunk]:
+        from cluster.request import Request
+        from cluster.scheduler import Dispatch
+
+        engine_id = engine_request_id(call)
+        self._seq += 1
+        request = Request(engine_id, len(call.prompt_token_ids), call.max_new_tokens, 0.0)
+        request.seq = self._seq
+        queue: asyncio.Queue = asyncio.Queue()
+        self._queues[engine_id] = queue
+        self._final[engine_id] = call.final
+        self._engine.add(
+            Dispatch(request, self.spec.replica_id, call.priority, call.max_new_tokens)
+        )
+        self._wake.set()
+        try:
+            while True:
+                chunk: TokenChunk = await queue.get()
+                yield chunk
+                if chunk.finish_reason is not None:
+                    return
+        finally:
+            self._queues.pop(engine_id, None)
+            self._final.pop(engine_id, None)
+
+    async def _run(self) -> None:
+        while True:
+            if not self._engine.has_work():
+                self._wake.clear()
+                await self._wake.wait()
+            result = self._engine.step()
+            # An empty step (nothing fits in the KV cache yet) must not spin the event loop.
+            await asyncio.sleep(result.duration or self.IDLE_STEP_S)
+            done = {id(seq) for seq in result.done}
+            for seq in result.sampled:
+                rid = seq.request.request_id
+                queue = self._queues.get(rid)
+                if queue is None:
+                    continue
+                reason = None
+                if id(seq) in done:
+                    reason = "length" if self._final.get(rid, True) else "slice"
+                queue.put_nowait(TokenChunk([0], self.TOKEN_TEXT, reason))
+            self._on_step()
+
+    async def abort(self, engine_request_id: str) -> None:
+        self._engine.abort(engine_request_id)
+        queue = self._queues.get(engine_request_id)
+        if queue is not None:
+            queue.put_nowait(TokenChunk([], "", "abort"))
+
+    def load(self) -> tuple[int, int, int]:
+        load = self._engine.load()
+        return load.num_running, load.num_waiting, load.free_kv_blocks
+
+    def shutdown(self) -> None:
+        if self._loop is not None:
+            self._loop.cancel()
+
+
 class EngineReplica:
     """The Ray actor (wrap with `ray.remote(EngineReplica).options(**spec.actor_options())`).
 
@@ -274,9 +385,7 @@ class EngineReplica:
 
     def _make_engine(self, spec: ReplicaSpec) -> Engine:
         if spec.kind == "simulated":
-            from cluster.sim.realtime_engine import RealtimeSimEngine
-
-            return RealtimeSimEngine(spec, self._on_step)
+            return SimulatedRealtimeEngine(spec, self._on_step)
         return VllmEngine(spec, self._on_step)
 
     async def start(self) -> ReplicaInfo:

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from dataclasses import dataclass, replace
 from typing import Any
 
 from cluster.clock import WallClock
-from cluster.config import SchedulerConfig
+from cluster.config import PolicyConfig, SchedulerConfig
 from cluster.engine_replica import EngineReplica, ReplicaInfo, ReplicaReport, ReplicaSpec
 from cluster.placement import ReplicaLoad
 from cluster.request import Request
@@ -114,7 +115,15 @@ class SchedulerActor:
         import ray
 
         try:
-            handle = ray.remote(EngineReplica).options(**spec.actor_options()).remote(spec, me)
+            handle = (
+                ray.remote(EngineReplica)
+                .options(
+                    name=replica_actor_name(spec.replica_id),
+                    namespace=NAMESPACE,
+                    **spec.actor_options(),
+                )
+                .remote(spec, me)
+            )
             info = await handle.start.remote()
         except Exception:
             logger.exception("replica %s failed to start", spec.replica_id)
@@ -251,6 +260,22 @@ class SchedulerActor:
             self._end(rid, error=error)
         self._schedule()
 
+    def set_policy(self, policy: PolicyConfig) -> None:
+        """Switch the scheduling policy (benchmarks compare policies on the same engines).
+        Only between requests: the queue's order would mean nothing across two policies."""
+        active = [r for r in self._core.requests() if not r.state.is_terminal]
+        if active:
+            raise RuntimeError(f"cannot switch policy with {len(active)} requests in flight")
+        self.config = dataclasses.replace(self.config, policy=policy)
+        core = Scheduler(self.config, WallClock())
+        for replica_id, info in self._infos.items():
+            core.add_replica(replica_id, info.max_num_seqs, info.total_kv_blocks, info.block_size)
+            load = self._loads.get(replica_id)
+            if load is not None:
+                core.update_load(load)
+        self._core = core
+        logger.info("policy is now %s", policy.name)
+
     def status(self) -> ClusterStatus:
         stats = self._core.stats()
         assigned: dict[str, int] = {}
@@ -324,6 +349,11 @@ class SchedulerActor:
             future = self._waiters.pop(rid, None)
             if future is not None and not future.done():
                 future.set_result(ticket)
+
+
+def replica_actor_name(replica_id: str) -> str:
+    """Replica actors are named (in NAMESPACE) so operators can find them: `ray list actors`."""
+    return f"rankserve-{replica_id}"
 
 
 def _next_id(ids: list[str]) -> str:

@@ -128,11 +128,18 @@ def validate_dict(data: dict[str, Any], model: type[_Body]) -> _Body:
         body = model.model_validate(data)
     except ValidationError as e:
         first = e.errors()[0]
-        param = ".".join(str(p) for p in first["loc"]) or None
+        param = ".".join(str(p) for p in first["loc"] if not _is_type_tag(p)) or None
         raise APIError(f"Invalid field '{param}': {first['msg']}", param=param) from None
     if body.n != 1:
         raise APIError("Only n=1 is supported.", param="n")
     return body
+
+
+def _is_type_tag(part: object) -> bool:
+    """Pydantic puts the union member tried into an error's location ("prompt.str")."""
+    return isinstance(part, str) and (
+        part in ("str", "int", "float", "bool", "dict") or "[" in part
+    )
 
 
 def new_id(prefix: str) -> str:

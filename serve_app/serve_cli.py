@@ -4,16 +4,12 @@ engine replicas, print where to reach it, and serve until Ctrl-C."""
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 import threading
-import time
 from typing import Any
 
 from cluster.config import POLICIES
-
-READY_TIMEOUT_S = 600.0
 
 
 def register(subparsers: Any, name: str, help_text: str) -> None:
@@ -79,24 +75,6 @@ def serve_settings(args: argparse.Namespace, device: str) -> dict[str, Any]:
     return settings
 
 
-def wait_ready(url: str, timeout: float) -> None:
-    """Until every engine replica is up (GET /ready says so)."""
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    last = "no answer"
-    while time.monotonic() < deadline:
-        try:
-            r = httpx.get(url, timeout=5)
-            if r.status_code == 200 and r.json()["replicas_up"] == r.json()["replicas"]:
-                return
-            last = r.text
-        except httpx.HTTPError as e:
-            last = str(e)
-        time.sleep(1.0)
-    raise TimeoutError(f"rankserve not ready after {timeout:.0f} s: {last}")
-
-
 def example(host: str, http_port: int, grpc_port: int, model_name: str) -> str:
     return f"""
 rankserve is up.
@@ -114,32 +92,14 @@ Ctrl-C stops it.
 
 def run(args: argparse.Namespace) -> int:
     import ray
-    from ray import serve
-    from ray.serve.config import gRPCOptions
 
-    from cluster.scheduler_actor import ACTOR_NAME, NAMESPACE
-    from serve_app.app import APP_NAME, GRPC_SERVICER, build_app
+    from serve_app import launcher
 
-    if args.address == "local":
-        ray.init(
-            address="local",
-            namespace=NAMESPACE,
-            include_dashboard=False,
-            num_cpus=max(os.cpu_count() or 1, args.replicas + 2),
-        )
-    else:
-        ray.init(address=args.address, namespace=NAMESPACE)
+    launcher.init_ray(args.address, args.replicas)
     device = args.device or ("gpu" if ray.cluster_resources().get("GPU", 0) >= 1 else "cpu")
     stop = threading.Event()
     try:
-        serve.start(
-            http_options={"host": args.host, "port": args.http_port},
-            grpc_options=gRPCOptions(port=args.grpc_port, grpc_servicer_functions=[GRPC_SERVICER]),
-        )
-        serve.run(
-            build_app(serve_settings(args, device)), name=APP_NAME, route_prefix="/", blocking=False
-        )
-        wait_ready(f"http://{args.host}:{args.http_port}/ready", READY_TIMEOUT_S)
+        launcher.start(serve_settings(args, device), args.host, args.http_port, args.grpc_port)
         print(example(args.host, args.http_port, args.grpc_port, args.model_name), flush=True)
         if args.no_wait:
             return 0
@@ -154,16 +114,5 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if not args.no_wait:
             print("shutting down...", file=sys.stderr, flush=True)
-            _shutdown(ray, serve, ACTOR_NAME, NAMESPACE)
+            launcher.stop()
     return 0
-
-
-def _shutdown(ray: Any, serve: Any, actor_name: str, namespace: str) -> None:
-    try:
-        scheduler = ray.get_actor(actor_name, namespace=namespace)
-        ray.get(scheduler.shutdown.remote(), timeout=30)
-        ray.kill(scheduler)
-    except Exception:  # noqa: BLE001 - nothing to stop, or already gone
-        pass
-    serve.shutdown()
-    ray.shutdown()

@@ -1,0 +1,102 @@
+"""Start and stop rankserve on a Ray cluster from a driver: `rankserve serve`, the end-to-end
+tests and the live benchmark use these."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from cluster.scheduler_actor import ACTOR_NAME, NAMESPACE
+
+READY_TIMEOUT_S = 600.0
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoints:
+    http: str  # base URL, e.g. http://127.0.0.1:8000
+    grpc: str  # host:port
+
+
+def init_ray(address: str, num_replicas: int) -> None:
+    """'local' starts a cluster of this machine; anything else joins one ('auto', ray://...)."""
+    import ray
+
+    if address == "local":
+        ray.init(
+            address="local",
+            namespace=NAMESPACE,
+            include_dashboard=False,
+            _node_ip_address="127.0.0.1",
+            # Logical CPUs: replicas take one each, the predictor half; on a small machine
+            # they share the cores anyway.
+            num_cpus=max(os.cpu_count() or 1, num_replicas + 2),
+        )
+    else:
+        ray.init(address=address, namespace=NAMESPACE)
+
+
+def start(
+    settings: dict[str, Any],
+    host: str,
+    http_port: int,
+    grpc_port: int,
+    ready_timeout: float = READY_TIMEOUT_S,
+) -> Endpoints:
+    """Deploy the app on the connected cluster and wait until every engine replica is up."""
+    from ray import serve
+    from ray.serve.config import gRPCOptions
+
+    from serve_app.app import APP_NAME, GRPC_SERVICER, build_app
+
+    serve.start(
+        http_options={"host": host, "port": http_port},
+        grpc_options=gRPCOptions(port=grpc_port, grpc_servicer_functions=[GRPC_SERVICER]),
+    )
+    serve.run(build_app(settings), name=APP_NAME, route_prefix="/", blocking=False)
+    endpoints = Endpoints(f"http://{host}:{http_port}", f"{host}:{grpc_port}")
+    wait_ready(endpoints.http + "/ready", ready_timeout)
+    return endpoints
+
+
+def wait_ready(url: str, timeout: float) -> None:
+    """Until every engine replica is up (GET /ready says so)."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            r = httpx.get(url, timeout=5)
+            if r.status_code == 200 and r.json()["replicas_up"] == r.json()["replicas"]:
+                return
+            last = r.text
+        except httpx.HTTPError as e:
+            last = str(e)
+        time.sleep(1.0)
+    raise TimeoutError(f"rankserve not ready after {timeout:.0f} s: {last}")
+
+
+def scheduler() -> Any:
+    import ray
+
+    return ray.get_actor(ACTOR_NAME, namespace=NAMESPACE)
+
+
+def stop() -> None:
+    """Stop the engines, the scheduler, the app and Serve; then disconnect (a local cluster
+    started by `init_ray` stops with it)."""
+    import ray
+    from ray import serve
+
+    try:
+        handle = scheduler()
+        ray.get(handle.shutdown.remote(), timeout=60)
+        ray.kill(handle)
+    except Exception:  # noqa: BLE001 - nothing to stop, or already gone
+        pass
+    try:
+        serve.shutdown()
+    finally:
+        ray.shutdown()

@@ -1,0 +1,151 @@
+"""The serving front end's pure parts: OpenAI request validation, length limits, settings."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("pydantic")
+
+from serve_app import openai_protocol as oa  # noqa: E402
+from serve_app.config import ServeConfig  # noqa: E402
+from serve_app.generation import check_lengths  # noqa: E402
+
+
+def parse(body, model=oa.CompletionBody):
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return oa.parse_body(raw, model)
+
+
+def test_valid_completion_and_chat_bodies():
+    body = parse(
+        {
+            "model": "m",
+            "prompt": "hi",
+            "max_tokens": 5,
+            "temperature": 0,
+            "stop": "\n",
+            "logprobs": None,
+            "slo": "chat",
+            "tenant": "t1",
+            "priority": 2,
+        }
+    )
+    assert (body.prompt, body.max_tokens, body.temperature) == ("hi", 5, 0.0)
+    assert body.stop_list() == ("\n",)
+    assert (body.slo, body.tenant, body.priority) == ("chat", "t1", 2)
+    chat = parse(
+        {
+            "model": "m",
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}],
+                }
+            ],
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        },
+        oa.ChatBody,
+    )
+    assert chat.messages[0].text() == "ab" and chat.include_usage()
+
+
+@pytest.mark.parametrize(
+    ("raw", "param"),
+    [
+        (b"{", None),
+        (b'"just a string"', None),
+        ({"prompt": "x"}, "model"),
+        ({"model": "m"}, "prompt"),
+        ({"model": "m", "prompt": "x", "max_tokens": "5"}, "max_tokens"),
+        ({"model": "m", "prompt": "x", "max_tokens": 5.5}, "max_tokens"),
+        ({"model": "m", "prompt": "x", "stream": "yes"}, "stream"),
+        ({"model": "m", "prompt": "x", "top_p": 0}, "top_p"),
+        ({"model": "m", "prompt": "x", "n": 3}, "n"),
+    ],
+)
+def test_bad_bodies_are_400_with_the_field_named(raw, param):
+    with pytest.raises(oa.APIError) as info:
+        parse(raw)
+    assert info.value.status == 400
+    assert info.value.param == param
+    assert info.value.body()["error"]["type"] == "invalid_request_error"
+
+
+def test_unknown_model_is_404():
+    e = oa.model_not_found("x")
+    assert e.status == 404 and e.body()["error"]["code"] == "model_not_found"
+
+
+def test_image_content_parts_are_refused():
+    chat = parse(
+        {
+            "model": "m",
+            "messages": [
+                {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}
+            ],
+        },
+        oa.ChatBody,
+    )
+    with pytest.raises(oa.APIError):
+        chat.messages[0].text()
+
+
+@pytest.mark.parametrize(
+    ("prompt", "max_tokens", "param"),
+    [(10, 0, "max_tokens"), (0, 5, "prompt"), (10, 100, "max_tokens"), (200, 1, "prompt")],
+)
+def test_length_limits(prompt, max_tokens, param):
+    with pytest.raises(oa.APIError) as info:
+        check_lengths(prompt, max_tokens, max_model_len=100)
+    assert info.value.param == param
+
+
+def test_length_limit_boundary_is_allowed():
+    check_lengths(90, 10, max_model_len=100)
+
+
+def test_serve_config_from_cli_strings_and_yaml_values():
+    cfg = ServeConfig.from_dict(
+        {
+            "model": "~/m",
+            "num_replicas": "3",
+            "slice_tokens": "none",
+            "cpu_threads_bind": "0,1,1",
+            "replica_num_cpus": "0.5",
+        }
+    )
+    assert cfg.num_replicas == 3 and cfg.slice_tokens is None
+    assert cfg.cpu_threads_bind == ("0", "1", "1") and cfg.replica_num_cpus == 0.5
+    assert not cfg.model.startswith("~")
+    specs = cfg.replica_specs()
+    assert [s.replica_id for s in specs] == ["replica-0", "replica-1", "replica-2"]
+    assert [s.cpu_threads_bind for s in specs] == ["0", "1", "1"]
+    assert ServeConfig.from_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"num_replicas": 1},  # no model
+        {"model": "m", "colour": "red"},
+        {"model": "m", "policy": "random"},
+        {"model": "m", "engine": "tgi"},
+        {"model": "m", "num_replicas": "two"},
+        {"model": "m", "num_replicas": 2, "cpu_threads_bind": ["0"]},
+    ],
+)
+def test_serve_config_rejects_bad_settings(data):
+    with pytest.raises(ValueError):
+        ServeConfig.from_dict(data)
+
+
+def test_union_field_errors_name_the_field_only():
+    with pytest.raises(oa.APIError) as info:
+        parse({"model": "m", "prompt": 42})
+    assert info.value.param == "prompt"
+    with pytest.raises(oa.APIError) as info:
+        parse({"model": "m", "messages": [{"role": "user", "content": 5}]}, oa.ChatBody)
+    assert info.value.param == "messages.0.content"
