@@ -34,16 +34,25 @@ ROOT = Path(__file__).resolve().parent.parent
 AZURE_CONV = "azure_llm_inference_2023/AzureLLMInferenceTrace_conv.csv"
 
 
-def run(items: list[WorkloadItem], policy: str, replicas: int,
-        profile: str = "a100-llama3-8b") -> SimulationResult:
-    config = SimulationConfig(SchedulerConfig(policy=PolicyConfig(name=policy)), EngineConfig(),
-                              load_profile(profile), replicas=replicas)
+def run(
+    items: list[WorkloadItem], policy: str, replicas: int, profile: str = "a100-llama3-8b"
+) -> SimulationResult:
+    config = SimulationConfig(
+        SchedulerConfig(policy=PolicyConfig(name=policy)),
+        EngineConfig(),
+        load_profile(profile),
+        replicas=replicas,
+    )
     return simulate(items, config)
 
 
 def true_lengths(items: list[WorkloadItem]) -> list[WorkloadItem]:
-    return [dataclasses.replace(it, score=math.log(it.output_tokens),
-                                predicted_tokens=float(it.output_tokens)) for it in items]
+    return [
+        dataclasses.replace(
+            it, score=math.log(it.output_tokens), predicted_tokens=float(it.output_tokens)
+        )
+        for it in items
+    ]
 
 
 def synthetic(n: int, rate: float | None, seed: int) -> list[WorkloadItem]:
@@ -51,9 +60,19 @@ def synthetic(n: int, rate: float | None, seed: int) -> list[WorkloadItem]:
     rng = np.random.default_rng(seed)
     out = np.minimum(2048, rng.lognormal(5.0, 1.0, n).astype(int) + 1)
     prompt = rng.integers(16, 1024, n)
-    t = np.zeros(n) if rate is None else np.concatenate([[0.0], np.cumsum(rng.exponential(1 / rate, n - 1))])
-    return true_lengths([WorkloadItem(f"r{i}", float(t[i]), None, int(prompt[i]), int(out[i]),
-                                      None, None, None, None) for i in range(n)])
+    t = (
+        np.zeros(n)
+        if rate is None
+        else np.concatenate([[0.0], np.cumsum(rng.exponential(1 / rate, n - 1))])
+    )
+    return true_lengths(
+        [
+            WorkloadItem(
+                f"r{i}", float(t[i]), None, int(prompt[i]), int(out[i]), None, None, None, None
+            )
+            for i in range(n)
+        ]
+    )
 
 
 def speed() -> None:
@@ -61,32 +80,45 @@ def speed() -> None:
         ("2,000-request burst, 1 replica, a100-llama3-8b", synthetic(2000, None, 0), 1),
         ("50,000 requests, Poisson 100 req/s, 16 replicas", synthetic(50_000, 100.0, 1), 16),
     ]
-    rows = ["| workload | policy | wall time (s) | engine steps | virtual time (s) |",
-            "|---|---|---|---|---|"]
+    rows = [
+        "| workload | policy | wall time (s) | engine steps | virtual time (s) |",
+        "|---|---|---|---|---|",
+    ]
     for label, items, replicas in cases:
         for policy in ("fcfs", "ltr"):
             start = time.perf_counter()
             result = run(items, policy, replicas)
             wall = time.perf_counter() - start
-            print(f"{label}, {policy}: {wall:.2f} s wall, {result.engine_steps} steps, "
-                  f"{result.virtual_time_s:.0f} s simulated")
-            rows.append(f"| {label} | {policy} | {wall:.2f} | {result.engine_steps:,} | "
-                        f"{result.virtual_time_s:.0f} |")
-    body = ("### Simulator speed\n\nAnswers log-normal (median 148 tokens, capped at 2,048), "
-            "prompts 16-1,024 tokens. Targets: burst < 10 s, 50k/16 replicas < 120 s.\n\n"
-            + "\n".join(rows))
+            print(
+                f"{label}, {policy}: {wall:.2f} s wall, {result.engine_steps} steps, "
+                f"{result.virtual_time_s:.0f} s simulated"
+            )
+            rows.append(
+                f"| {label} | {policy} | {wall:.2f} | {result.engine_steps:,} | "
+                f"{result.virtual_time_s:.0f} |"
+            )
+    body = (
+        "### Simulator speed\n\nAnswers log-normal (median 148 tokens, capped at 2,048), "
+        "prompts 16-1,024 tokens. Targets: burst < 10 s, 50k/16 replicas < 120 s.\n\n"
+        + "\n".join(rows)
+    )
     update_section("simulator-speed", body, "python -m benchmarks.bench_simulator speed")
 
 
 def metrics_table(results: list[SimulationResult]) -> list[str]:
-    rows = ["| policy | mean s/token | p99 s/token | mean e2e (s) | p99 e2e (s) | mean TTFT (s) "
-            "| p99 max wait (s) | req/s | preemptions |", "|---|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| policy | mean s/token | p99 s/token | mean e2e (s) | p99 e2e (s) | mean TTFT (s) "
+        "| p99 max wait (s) | req/s | preemptions |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in results:
         m = r.metrics
-        rows.append(f"| {r.policy} | {m.per_token_latency_s.mean:.4f} | "
-                    f"{m.per_token_latency_s.p99:.4f} | {m.e2e_latency_s.mean:.2f} | "
-                    f"{m.e2e_latency_s.p99:.2f} | {m.ttft_s.mean:.2f} | {m.max_wait_s.p99:.2f} | "
-                    f"{m.throughput_rps:.2f} | {r.engine_preemptions} |")
+        rows.append(
+            f"| {r.policy} | {m.per_token_latency_s.mean:.4f} | "
+            f"{m.per_token_latency_s.p99:.4f} | {m.e2e_latency_s.mean:.2f} | "
+            f"{m.e2e_latency_s.p99:.2f} | {m.ttft_s.mean:.2f} | {m.max_wait_s.p99:.2f} | "
+            f"{m.throughput_rps:.2f} | {r.engine_preemptions} |"
+        )
     return rows
 
 
@@ -127,29 +159,44 @@ def results() -> None:
         "real prompts (the LTR paper's oracle-over-FCFS gap is 2.5-6x).",
         "",
         *burst_section(
-            llama, "Llama-3-8B-Instruct answers",
+            llama,
+            "Llama-3-8B-Instruct answers",
             "The 805 AlpacaEval prompts (each used 2-3 times) with Llama-3-8B-Instruct's "
             "answers, the model the profile simulates (AlpacaEval data is CC BY-NC: used "
-            "here, not shipped).", "sim_burst_cdf.png"),
+            "here, not shipped).",
+            "sim_burst_cdf.png",
+        ),
         "",
         *burst_section(
-            gpteacher, "GPTeacher GPT-4 answers",
+            gpteacher,
+            "GPTeacher GPT-4 answers",
             "2,000 of the 14,131 GPTeacher prompts (MIT) with GPT-4's answers, which are short "
-            "and narrowly spread: less for any length-based order to gain.", None),
+            "and narrowly spread: less for any length-based order to gain.",
+            None,
+        ),
     ]
     trace = f"trace:{shared / AZURE_CONV}"
     for label, rate in (("light", 8.0), ("near capacity", 22.0), ("overloaded", 40.0)):
-        items = true_lengths(build_workload(None, trace, 5000, seed=0, target_rate=rate,
-                                            lengths_from_trace=True))
+        items = true_lengths(
+            build_workload(None, trace, 5000, seed=0, target_rate=rate, lengths_from_trace=True)
+        )
         trace_results = [run(items, p, 4) for p in ("fcfs", "oracle", "ssjf", "hrrn")]
         for r in trace_results:
-            print(f"azure conv {rate} req/s {r.policy}: "
-                  f"{r.metrics.per_token_latency_s.mean:.4f} s/token")
-        body += ["", f"### Azure 2023 conversation trace at {rate:g} req/s ({label}), 4 replicas",
-                 "", "First 5,000 requests, timestamps scaled to the rate; lengths from the trace.",
-                 "", *metrics_table(trace_results)]
-    update_section("simulator-results", "\n".join(body),
-                   "python -m benchmarks.bench_simulator results")
+            print(
+                f"azure conv {rate} req/s {r.policy}: "
+                f"{r.metrics.per_token_latency_s.mean:.4f} s/token"
+            )
+        body += [
+            "",
+            f"### Azure 2023 conversation trace at {rate:g} req/s ({label}), 4 replicas",
+            "",
+            "First 5,000 requests, timestamps scaled to the rate; lengths from the trace.",
+            "",
+            *metrics_table(trace_results),
+        ]
+    update_section(
+        "simulator-results", "\n".join(body), "python -m benchmarks.bench_simulator results"
+    )
 
 
 def main() -> None:

@@ -97,8 +97,12 @@ class ServingMetrics:
         return asdict(self)
 
 
-def summarize(timings: list[RequestTiming], failed: int = 0,
-              start: float | None = None, end: float | None = None) -> ServingMetrics:
+def summarize(
+    timings: list[RequestTiming],
+    failed: int = 0,
+    start: float | None = None,
+    end: float | None = None,
+) -> ServingMetrics:
     if timings:
         start = min(t.arrival for t in timings) if start is None else start
         end = max(t.finish for t in timings) if end is None else end

@@ -20,8 +20,12 @@ class RequestState(enum.Enum):
 
 _ALLOWED = {
     RequestState.QUEUED: {RequestState.DISPATCHED, RequestState.FAILED},
-    RequestState.DISPATCHED: {RequestState.RUNNING, RequestState.QUEUED, RequestState.FAILED,
-                              RequestState.FINISHED},
+    RequestState.DISPATCHED: {
+        RequestState.RUNNING,
+        RequestState.QUEUED,
+        RequestState.FAILED,
+        RequestState.FINISHED,
+    },
     RequestState.RUNNING: {RequestState.QUEUED, RequestState.FINISHED, RequestState.FAILED},
     RequestState.FINISHED: set(),
     RequestState.FAILED: set(),

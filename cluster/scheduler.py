@@ -57,6 +57,7 @@ class Scheduler:
         self._finished = 0
         self._failed = 0
         self._slices = 0
+        self._rejected: list[Request] = []
 
     # ---- replicas -------------------------------------------------------------------------
 
@@ -110,24 +111,46 @@ class Scheduler:
     def schedule(self) -> list[Dispatch]:
         """One round: walk the queue in policy order and place each request on the least
         KV-loaded replica with room, until none has room for the next one. Strict order: a
-        request that fits nowhere stops the round rather than being overtaken."""
+        request that fits nowhere now stops the round rather than being overtaken; one that
+        could never fit on any replica fails (see `take_rejected`) instead of stalling all."""
         replicas = list(self._replicas.values())
         if not self.queue or not has_any_slot(replicas, self.config.max_engine_waiting):
             return []
         now = self.clock.now()
         self.queue.begin_round(now)
         dispatches: list[Dispatch] = []
+        rejected: list[Request] = []
         for request in self.queue.ordered(now):
             context = request.prompt_tokens + request.generated
             view = choose_replica(
                 replicas, context, self.config.kv_headroom_fraction, self.config.max_engine_waiting
             )
-            if view is None:
+            if view is not None:
+                dispatches.append(self._dispatch(request, view, now))
+            elif self._fits_nowhere(replicas, context):
+                rejected.append(request)
+            else:
                 break
-            dispatches.append(self._dispatch(request, view, now))
         for d in dispatches:
             self.queue.remove(d.request)
+        for request in rejected:
+            self.on_failed(
+                request.request_id,
+                f"{request.prompt_tokens + request.generated} tokens of context do not "
+                "fit in any replica's KV cache",
+            )
+            self._rejected.append(request)
         return dispatches
+
+    def _fits_nowhere(self, replicas: list[ReplicaView], context: int) -> bool:
+        usable = 1.0 - self.config.kv_headroom_fraction
+        return all(v.blocks_for(context + 1) > usable * v.total_kv_blocks for v in replicas)
+
+    def take_rejected(self) -> list[Request]:
+        """Requests that `schedule()` failed because no replica could ever hold them, since the
+        last call: the live actor answers their callers."""
+        rejected, self._rejected = self._rejected, []
+        return rejected
 
     def _dispatch(self, request: Request, view: ReplicaView, now: float) -> Dispatch:
         budget = request.remaining_tokens

@@ -70,12 +70,25 @@ def test_max_engine_waiting_allows_that_many_beyond_the_slots():
 def test_kv_headroom_is_kept_exactly():
     sched, _ = scheduler(kv_headroom_fraction=0.05)
     sched.add_replica("a", max_num_seqs=10, total_kv_blocks=100, block_size=16)
-    sched.submit(request("fits", prompt=95 * 16))  # leaves 5 blocks = 5%: allowed
-    assert [d.request.request_id for d in sched.schedule()] == ["fits"]
+    sched.submit(request("holder", prompt=50 * 16))
+    sched.submit(request("fits", prompt=45 * 16))  # leaves 5 blocks = 5%: allowed
+    assert [d.request.request_id for d in sched.schedule()] == ["holder", "fits"]
     sched.abort("fits")
-    sched.submit(request("too-big", prompt=95 * 16 + 1))  # 96 blocks: 4 left, under 5%
+    sched.submit(request("too-big", prompt=45 * 16 + 1))  # 46 blocks: 4 left, under 5%
     assert sched.schedule() == []
     assert sched.get("too-big").state is RequestState.QUEUED
+
+
+def test_a_request_no_replica_could_ever_hold_fails_instead_of_stalling_the_queue():
+    sched, _ = scheduler(kv_headroom_fraction=0.05)
+    sched.add_replica("a", max_num_seqs=10, total_kv_blocks=100, block_size=16)
+    sched.submit(request("huge", prompt=96 * 16))  # more than 95% of an empty cache
+    sched.submit(request("small", prompt=16))
+    assert [d.request.request_id for d in sched.schedule()] == ["small"]
+    assert sched.get("huge").state is RequestState.FAILED
+    assert "KV cache" in sched.get("huge").error
+    assert [r.request_id for r in sched.take_rejected()] == ["huge"]
+    assert sched.take_rejected() == []
 
 
 def test_dispatched_blocks_count_until_the_replica_reports_them():

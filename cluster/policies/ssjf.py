@@ -1,7 +1,7 @@
 """Speculative shortest job first (Qiu et al. 2024): order by predicted execution time
 (predicted tokens x per-token time + a constant). Aging: a request that has waited more than
-`ssjf_max_wait_s`, or more than `ssjf_wait_factor` times its predicted time, goes first, the
-longest-overdue first."""
+`ssjf_max_wait_s`, or more than `ssjf_wait_factor` times its predicted time, goes first, in the
+order in which they aged."""
 
 from __future__ import annotations
 
@@ -19,7 +19,9 @@ def predicted_service_s(request: Request, config: PolicyConfig) -> float:
             f"{config.name} policy needs a predicted output length for {request.request_id}: "
             "give the workload predicted_tokens, a length predictor, or true lengths"
         )
-    return request.predicted_tokens * config.per_token_time_s + config.base_time_s
+    # What is left of it: a request back from a slice has done part of its predicted work.
+    remaining = max(1.0, request.predicted_tokens - request.generated)
+    return remaining * config.per_token_time_s + config.base_time_s
 
 
 class SSJFQueue(RequestQueue):

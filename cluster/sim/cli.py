@@ -18,54 +18,122 @@ from cluster.workload.workload import WorkloadItem, build_workload
 
 
 def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) -> None:
-    p = subparsers.add_parser(name, help=help_text, description=__doc__,
-                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = subparsers.add_parser(
+        name,
+        help=help_text,
+        description=__doc__,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     w = p.add_argument_group("workload")
-    w.add_argument("--prompts", type=Path, default=None,
-                   help=f"prompt file (JSONL: prompt, output_tokens, ...); default: {DEMO_PROMPT_FILE.name}")
-    w.add_argument("--arrivals", default="burst",
-                   help="burst | poisson:RATE | gamma:RATE:CV | trace:FILE[@RATE]")
-    w.add_argument("--num-requests", "-n", type=int, default=None,
-                   help="requests to send (default: one per prompt or trace row)")
-    w.add_argument("--target-rate", type=float, default=None,
-                   help="scale a trace's timestamps to this mean rate (req/s)")
-    w.add_argument("--lengths-from-trace", action="store_true",
-                   help="take prompt and answer lengths from the trace rows (no prompt file)")
+    w.add_argument(
+        "--prompts",
+        type=Path,
+        default=None,
+        help=f"prompt file (JSONL: prompt, output_tokens, ...); default: {DEMO_PROMPT_FILE.name}",
+    )
+    w.add_argument(
+        "--arrivals",
+        default="burst",
+        help="burst | poisson:RATE | gamma:RATE:CV | trace:FILE[@RATE]",
+    )
+    w.add_argument(
+        "--num-requests",
+        "-n",
+        type=int,
+        default=None,
+        help="requests to send (default: one per prompt or trace row)",
+    )
+    w.add_argument(
+        "--target-rate",
+        type=float,
+        default=None,
+        help="scale a trace's timestamps to this mean rate (req/s)",
+    )
+    w.add_argument(
+        "--lengths-from-trace",
+        action="store_true",
+        help="take prompt and answer lengths from the trace rows (no prompt file)",
+    )
     w.add_argument("--max-output-tokens", type=int, default=None, help="cap answer lengths")
     s = p.add_argument_group("scheduling")
-    s.add_argument("--policy", action="append", default=None,
-                   help=f"policy to run (repeat or comma-separate): {', '.join(POLICIES)}; "
-                        "default: fcfs and oracle")
-    s.add_argument("--predictor", default=None, metavar="DIR",
-                   help="score prompts with this trained ranking model (ltr), and predict "
-                        "lengths with its regressor (ssjf, hrrn); 'default' = shipped model")
-    s.add_argument("--true-lengths", action="store_true",
-                   help="feed true answer lengths to ltr/ssjf/hrrn (a predictor with no error)")
+    s.add_argument(
+        "--policy",
+        action="append",
+        default=None,
+        help=f"policy to run (repeat or comma-separate): {', '.join(POLICIES)}; "
+        "default: fcfs and oracle",
+    )
+    s.add_argument(
+        "--predictor",
+        default=None,
+        metavar="DIR",
+        help="score prompts with this trained ranking model (ltr), and predict "
+        "lengths with its regressor (ssjf, hrrn); 'default' = shipped model",
+    )
+    s.add_argument(
+        "--true-lengths",
+        action="store_true",
+        help="feed true answer lengths to ltr/ssjf/hrrn (a predictor with no error)",
+    )
     s.add_argument("--starvation-threshold", type=int, default=PolicyConfig().starvation_threshold)
     s.add_argument("--priority-quantum", type=int, default=PolicyConfig().priority_quantum)
-    s.add_argument("--slice-tokens", type=int, default=None,
-                   help="dispatch in slices of at most this many tokens")
-    s.add_argument("--kv-headroom", type=float, default=SchedulerConfig().kv_headroom_fraction,
-                   help="fraction of a replica's KV cache kept free when dispatching")
+    s.add_argument(
+        "--slice-tokens",
+        type=int,
+        default=None,
+        help="dispatch in slices of at most this many tokens",
+    )
+    s.add_argument(
+        "--kv-headroom",
+        type=float,
+        default=SchedulerConfig().kv_headroom_fraction,
+        help="fraction of a replica's KV cache kept free when dispatching",
+    )
     e = p.add_argument_group("engines")
     e.add_argument("--replicas", type=int, default=1)
-    e.add_argument("--profile", default="a100-llama3-8b",
-                   help=f"step-time profile: {', '.join(available_profiles())}, or a JSON file")
-    e.add_argument("--max-num-seqs", type=int, default=None,
-                   help="vLLM max_num_seqs (default: vLLM's default for the profile's GPU)")
-    e.add_argument("--max-num-batched-tokens", type=int, default=None,
-                   help="vLLM max_num_batched_tokens (default: vLLM's for the profile's GPU)")
-    e.add_argument("--num-kv-blocks", type=int, default=None,
-                   help="KV blocks per replica (default: from the profile's memory model)")
+    e.add_argument(
+        "--profile",
+        default="a100-llama3-8b",
+        help=f"step-time profile: {', '.join(available_profiles())}, or a JSON file",
+    )
+    e.add_argument(
+        "--max-num-seqs",
+        type=int,
+        default=None,
+        help="vLLM max_num_seqs (default: vLLM's default for the profile's GPU)",
+    )
+    e.add_argument(
+        "--max-num-batched-tokens",
+        type=int,
+        default=None,
+        help="vLLM max_num_batched_tokens (default: vLLM's for the profile's GPU)",
+    )
+    e.add_argument(
+        "--num-kv-blocks",
+        type=int,
+        default=None,
+        help="KV blocks per replica (default: from the profile's memory model)",
+    )
     r = p.add_argument_group("run")
-    r.add_argument("--until-completions", type=int, default=None, metavar="K",
-                   help="stop after K answers (synthetic data generation); reports time to K")
-    r.add_argument("--time-limit", type=float, default=None, metavar="T",
-                   help="stop at T virtual seconds; reports answers done within T")
+    r.add_argument(
+        "--until-completions",
+        type=int,
+        default=None,
+        metavar="K",
+        help="stop after K answers (synthetic data generation); reports time to K",
+    )
+    r.add_argument(
+        "--time-limit",
+        type=float,
+        default=None,
+        metavar="T",
+        help="stop at T virtual seconds; reports answers done within T",
+    )
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--json", action="store_true", help="print one JSON object per policy")
-    r.add_argument("--plot", type=Path, default=None, metavar="FILE.png",
-                   help="write latency CDFs per policy")
+    r.add_argument(
+        "--plot", type=Path, default=None, metavar="FILE.png", help="write latency CDFs per policy"
+    )
     r.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
 
@@ -78,12 +146,17 @@ def policies_of(values: list[str] | None) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def with_predictions(items: list[WorkloadItem], true_lengths: bool,
-                     predictor: str | None) -> list[WorkloadItem]:
+def with_predictions(
+    items: list[WorkloadItem], true_lengths: bool, predictor: str | None
+) -> list[WorkloadItem]:
     """Fill in what ltr (score) and ssjf/hrrn (predicted_tokens) rank by."""
     if true_lengths:
-        return [dataclasses.replace(it, score=math.log(it.output_tokens),
-                                    predicted_tokens=float(it.output_tokens)) for it in items]
+        return [
+            dataclasses.replace(
+                it, score=math.log(it.output_tokens), predicted_tokens=float(it.output_tokens)
+            )
+            for it in items
+        ]
     if predictor is None:
         return items
     from predictor_actor.scoring import predict_lengths, score_prompts
@@ -94,18 +167,25 @@ def with_predictions(items: list[WorkloadItem], true_lengths: bool,
     prompts = [it.prompt for it in items]
     scores = score_prompts(model_dir, prompts)
     lengths = predict_lengths(model_dir, prompts)
-    return [dataclasses.replace(it, score=float(s), predicted_tokens=float(n))
-            for it, s, n in zip(items, scores, lengths, strict=True)]
+    return [
+        dataclasses.replace(it, score=float(s), predicted_tokens=float(n))
+        for it, s, n in zip(items, scores, lengths, strict=True)
+    ]
 
 
 def load_items(args: argparse.Namespace) -> list[WorkloadItem]:
     prompts = None
     if not args.lengths_from_trace:
         prompts = read_prompt_file(args.prompts or DEMO_PROMPT_FILE)
-    items = build_workload(prompts, args.arrivals, args.num_requests, args.seed,
-                           target_rate=args.target_rate,
-                           lengths_from_trace=args.lengths_from_trace,
-                           max_output_tokens=args.max_output_tokens)
+    items = build_workload(
+        prompts,
+        args.arrivals,
+        args.num_requests,
+        args.seed,
+        target_rate=args.target_rate,
+        lengths_from_trace=args.lengths_from_trace,
+        max_output_tokens=args.max_output_tokens,
+    )
     return with_predictions(items, args.true_lengths, args.predictor)
 
 
@@ -124,18 +204,28 @@ def run(args: argparse.Namespace) -> int:
         names = policies_of(args.policy)
         profile = load_profile(args.profile)
         items = load_items(args)
-        engine = EngineConfig(max_num_seqs=args.max_num_seqs,
-                              max_num_batched_tokens=args.max_num_batched_tokens,
-                              num_kv_blocks=args.num_kv_blocks)
+        engine = EngineConfig(
+            max_num_seqs=args.max_num_seqs,
+            max_num_batched_tokens=args.max_num_batched_tokens,
+            num_kv_blocks=args.num_kv_blocks,
+        )
         results: list[SimulationResult] = []
         for name in names:
-            policy = PolicyConfig(name=name, starvation_threshold=args.starvation_threshold,
-                                  priority_quantum=args.priority_quantum)
-            scheduler = SchedulerConfig(policy=policy, slice_tokens=args.slice_tokens,
-                                        kv_headroom_fraction=args.kv_headroom)
+            policy = PolicyConfig(
+                name=name,
+                starvation_threshold=args.starvation_threshold,
+                priority_quantum=args.priority_quantum,
+            )
+            scheduler = SchedulerConfig(
+                policy=policy, slice_tokens=args.slice_tokens, kv_headroom_fraction=args.kv_headroom
+            )
             config = SimulationConfig(
-                scheduler, engine, profile, replicas=args.replicas,
-                until_completions=args.until_completions, time_limit_s=args.time_limit,
+                scheduler,
+                engine,
+                profile,
+                replicas=args.replicas,
+                until_completions=args.until_completions,
+                time_limit_s=args.time_limit,
                 progress=not args.no_progress and sys.stderr.isatty(),
             )
             results.append(simulate(items, config))
@@ -146,8 +236,10 @@ def run(args: argparse.Namespace) -> int:
         for result in results:
             print(json.dumps(json_safe(result.to_dict()), allow_nan=False))
     else:
-        print(f"{len(items)} requests, arrivals {args.arrivals}, {args.replicas} replica(s), "
-              f"profile {profile.name}")
+        print(
+            f"{len(items)} requests, arrivals {args.arrivals}, {args.replicas} replica(s), "
+            f"profile {profile.name}"
+        )
         print(format_table(results))
     if args.plot:
         plot_cdfs(results, args.plot)

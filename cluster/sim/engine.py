@@ -67,8 +67,9 @@ class StepResult:
 
 
 class SimulatedEngine:
-    def __init__(self, replica_id: str, config: EngineConfig, step_time: StepTime,
-                 num_kv_blocks: int) -> None:
+    def __init__(
+        self, replica_id: str, config: EngineConfig, step_time: StepTime, num_kv_blocks: int
+    ) -> None:
         self.replica_id = replica_id
         self.config = config
         self.step_time = step_time
@@ -111,8 +112,9 @@ class SimulatedEngine:
         return len(self._waiting)
 
     def load(self) -> ReplicaLoad:
-        return ReplicaLoad(self.replica_id, len(self.running), len(self._waiting), self.kv.free,
-                           self.kv.num_blocks)
+        return ReplicaLoad(
+            self.replica_id, len(self.running), len(self._waiting), self.kv.free, self.kv.num_blocks
+        )
 
     def _preempt(self, seq: Sequence, result: StepResult) -> None:
         self.running.remove(seq)

@@ -33,8 +33,11 @@ def format_table(results: list[SimulationResult]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(_COLUMNS))]
     lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    extra = [f"{r.policy}: time to K answers {r.time_to_k_s:.2f} s"
-             for r in results if r.time_to_k_s is not None]
+    extra = [
+        f"{r.policy}: time to K answers {r.time_to_k_s:.2f} s"
+        for r in results
+        if r.time_to_k_s is not None
+    ]
     return "\n".join(lines + extra)
 
 

@@ -126,8 +126,9 @@ def simulate(items: list[WorkloadItem], config: SimulationConfig) -> SimulationR
     ]
     by_id = {e.replica_id: e for e in engines}
     for e in engines:
-        scheduler.add_replica(e.replica_id, engine_config.max_num_seqs, blocks,
-                              engine_config.block_size)
+        scheduler.add_replica(
+            e.replica_id, engine_config.max_num_seqs, blocks, engine_config.block_size
+        )
 
     arrivals = sorted((to_request(item) for item in items), key=lambda r: r.arrival_time)
     busy: dict[str, bool] = {e.replica_id: False for e in engines}
@@ -138,12 +139,18 @@ def simulate(items: list[WorkloadItem], config: SimulationConfig) -> SimulationR
     time_to_k = None
     stopped_by = "drained"
     ai, n = 0, len(arrivals)
-    bar = tqdm(total=target or n, unit="req", disable=not config.progress, leave=False,
-               desc=f"simulate {config.scheduler.policy.name}")
+    bar = tqdm(
+        total=target or n,
+        unit="req",
+        disable=not config.progress,
+        leave=False,
+        desc=f"simulate {config.scheduler.policy.name}",
+    )
 
     while True:
-        t = min(arrivals[ai].arrival_time if ai < n else math.inf,
-                steps[0][0] if steps else math.inf)
+        t = min(
+            arrivals[ai].arrival_time if ai < n else math.inf, steps[0][0] if steps else math.inf
+        )
         if t == math.inf:
             break
         if config.time_limit_s is not None and t > config.time_limit_s:
@@ -167,7 +174,11 @@ def simulate(items: list[WorkloadItem], config: SimulationConfig) -> SimulationR
             stopped_by = "until_completions"
             break
         for d in scheduler.schedule():
-            by_id[d.replica_id].add(d)
+            try:
+                by_id[d.replica_id].add(d)
+            except ValueError as err:  # longer than the engine's max_model_len: fails alone
+                scheduler.on_failed(d.request.request_id, str(err))
+        scheduler.take_rejected()  # already FAILED; the simulator only counts them
         for engine in engines:
             if busy[engine.replica_id] or not engine.has_work():
                 continue

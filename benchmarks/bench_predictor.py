@@ -1,0 +1,284 @@
+"""Predictor benchmarks (issue: output-length ranking predictor).
+
+  quality   Kendall tau of the ListMLE model and of the baselines (regression on log length,
+            length-bucket classification, prompt-length heuristic), all trained the same way on
+            the GPTeacher training split, on every held-out data set; a train-on-one,
+            test-on-another table; and the shipped models' cards (--write-cards)
+  actor     the shared predictor Ray actor under concurrent load: prompts/s and p50/p99
+            latency at truncation 128, 256 and 512 tokens, and the tau each truncation costs
+  finetune  frozen encoder vs fine-tuning it, within the 30-minute training budget
+
+Needs the prompt files of `rankserve data` in runs/data (from ../shared/datasets). Prints the
+figures and writes them to docs/benchmarks.md.
+
+    python -m benchmarks.bench_predictor quality --write-cards
+    python -m benchmarks.bench_predictor actor
+    python -m benchmarks.bench_predictor finetune
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.report import update_section
+from predictor_actor.embeddings import prompt_features
+from predictor_actor.evaluate import evaluate
+from predictor_actor.heuristic import heuristic_scores
+from predictor_actor.metrics import kendall_tau_b
+from predictor_actor.model import DEFAULT_LENGTH_MODEL_DIR, DEFAULT_MODEL_DIR, RankingModel
+from predictor_actor.model_card import write_model_card
+from predictor_actor.records import LabelledPrompts, load_labelled, split_by_prompt
+from predictor_actor.train import TrainConfig, train
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "runs" / "data"
+CACHE = ROOT / ".cache" / "rankserve"
+RUNS = ROOT / "runs" / "predictor"
+
+# name -> file in runs/data; the held-out sets every model is measured on
+EVAL_SETS = {
+    "gpteacher (test split)": "gpteacher_test.jsonl",
+    "arena_hard gpt-3.5-turbo-0125": "arena_hard_gpt-3.5-turbo-0125.jsonl",
+    "arena_hard gpt-4-0314": "arena_hard_gpt-4-0314.jsonl",
+    "arena_hard o3-mini": "arena_hard_o3-mini-2025-01-31.jsonl",
+    "alpaca_eval Llama-3-8B-Instruct": "alpaca_eval_Meta-Llama-3-8B-Instruct.jsonl",
+    "alpaca_eval Llama-3-70B-Instruct": "alpaca_eval_Meta-Llama-3-70B-Instruct.jsonl",
+    "alpaca_eval gpt4_1106_preview": "alpaca_eval_gpt4_1106_preview.jsonl",
+    "code_alpaca": "code_alpaca.jsonl",
+}
+# data sets for the cross-dataset table: name -> (file, whether it has its own train/test files)
+CROSS_SETS = {
+    "gpteacher": "gpteacher",
+    "arena_hard (gpt-4-0314)": "arena_hard_gpt-4-0314.jsonl",
+    "alpaca_eval (Llama-3-8B)": "alpaca_eval_Meta-Llama-3-8B-Instruct.jsonl",
+    "code_alpaca": "code_alpaca.jsonl",
+}
+LOSSES = ("listmle", "regression", "classification")
+
+
+def _load(name: str) -> LabelledPrompts:
+    path = DATA / name
+    if not path.is_file():
+        raise SystemExit(f"{path} is missing: run `rankserve data` first (needs ../shared/datasets)")
+    return load_labelled([path])
+
+
+def _fmt(x: float) -> str:
+    return "n/a" if x != x else f"{x:.3f}"
+
+
+def _train_split(name: str) -> tuple[LabelledPrompts, LabelledPrompts]:
+    """(train, test) of a cross-table data set, split by prompt."""
+    if name == "gpteacher":
+        return _load("gpteacher_train.jsonl"), _load("gpteacher_test.jsonl")
+    data = _load(name)
+    keep, test = split_by_prompt(data, 0.2, salt="cross-dataset test")
+    return data.subset(keep), data.subset(test)
+
+
+def quality(write_cards: bool) -> None:
+    t0 = time.monotonic()
+    train_data, val_data = _load("gpteacher_train.jsonl"), _load("gpteacher_val.jsonl")
+    evals = {name: _load(f) for name, f in EVAL_SETS.items()}
+    models: dict[str, RankingModel] = {}
+    for loss in LOSSES:
+        out = RUNS / f"gpteacher-{loss}"
+        models[loss] = train(train_data, out, TrainConfig(loss=loss), cache_dir=CACHE,
+                             data_names=["gpteacher_train.jsonl"], val_data=val_data)
+        print(f"trained {loss}: val tau {models[loss].config.training['val_kendall_tau']:.3f}")
+    results = {loss: {n: evaluate(m, d, cache_dir=CACHE) for n, d in evals.items()}
+               for loss, m in models.items()}
+
+    lines = [
+        "Models trained on the GPTeacher training split (GPT-4 answers, 11,305 prompts; epoch "
+        "chosen on the validation split), frozen all-MiniLM-L6-v2 features, truncation 256, "
+        "the same head and schedule for every loss. Kendall tau-b over the whole held-out file "
+        "(in brackets: mean tau over random lists of 32). Every set is held out by prompt; "
+        "only the GPTeacher test split is in the training distribution. Lengths in tokens of the "
+        "project tokenizer.",
+        "",
+        "| held-out set | n | ListMLE | regression (log length) | classification (8 buckets) "
+        "| prompt-length heuristic |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name in EVAL_SETS:
+        r = {loss: results[loss][name] for loss in LOSSES}
+        cells = [f"{_fmt(r[loss]['kendall_tau'])} ({_fmt(r[loss]['mean_list_tau'])})" for loss in LOSSES]
+        lines.append(f"| {name} | {r['listmle']['n']} | " + " | ".join(cells)
+                     + f" | {_fmt(r['listmle']['heuristic_kendall_tau'])} |")
+    means = {loss: np.mean([results[loss][n]["kendall_tau"] for n in EVAL_SETS]) for loss in LOSSES}
+    heur = np.mean([results["listmle"][n]["heuristic_kendall_tau"] for n in EVAL_SETS])
+    lines.append("| mean over the sets | | " + " | ".join(_fmt(means[loss]) for loss in LOSSES)
+                 + f" | {_fmt(heur)} |")
+    print("\n".join(lines))
+    update_section("predictor-quality", "\n".join(lines))
+
+    # train on one, test on another
+    splits = {name: _train_split(f) for name, f in CROSS_SETS.items()}
+    table = {}
+    for tr_name, (tr, _) in splits.items():
+        model = train(tr, RUNS / f"cross-{tr_name.split()[0]}", TrainConfig(), cache_dir=CACHE,
+                      progress=False)
+        for te_name, (_, te) in splits.items():
+            table[tr_name, te_name] = evaluate(model, te, cache_dir=CACHE)["kendall_tau"]
+    names = list(CROSS_SETS)
+    lines = [
+        "ListMLE models, each trained on one data set (GPTeacher: its training split; the others: "
+        "80% of their prompts, 10% of which choose the epoch), tested on the held-out prompts of "
+        "each (GPTeacher: its test split; the others: the other 20%). Kendall tau-b; diagonal = "
+        "in-distribution. Last row: the prompt-length heuristic.",
+        "",
+        "| trained on \\ tested on | " + " | ".join(f"{n} (n={len(splits[n][1])})" for n in names) + " |",
+        "|---|" + "---:|" * len(names),
+    ]
+    for tr_name in names:
+        lines.append(f"| {tr_name} ({len(splits[tr_name][0])}) | "
+                     + " | ".join(_fmt(table[tr_name, te]) for te in names) + " |")
+    lines.append("| prompt-length heuristic | " + " | ".join(
+        _fmt(kendall_tau_b(heuristic_scores(splits[te][1].prompts), splits[te][1].output_tokens))
+        for te in names) + " |")
+    print("\n".join(lines))
+    update_section("predictor-cross-dataset", "\n".join(lines))
+
+    if write_cards:
+        for loss, directory in (("listmle", DEFAULT_MODEL_DIR), ("regression", DEFAULT_LENGTH_MODEL_DIR)):
+            models[loss].save(directory)
+            write_model_card(directory, RankingModel.load(directory), results[loss], notes=_CARD_NOTES)
+            print(f"wrote {directory}")
+    print(f"quality benchmark: {time.monotonic() - t0:.0f} s")
+
+
+_CARD_NOTES = """## Notes
+
+- Licence of the training data: GPTeacher (teknium1/GPTeacher, MIT; GPT-4 outputs, OpenAI terms
+  apply). No non-commercial data (alpaca_eval, code_alpaca) was used for training; those sets and
+  arena_hard are used for evaluation only.
+- GPTeacher prompts are self-instruct style (GPT-4 wrote prompts and answers); real user
+  traffic differs, so retrain on your own request log (docs/predictor.md) for your model.
+- Reproduce: `python -m benchmarks.bench_predictor quality --write-cards` (after
+  `rankserve data`), or `rankserve predictor train --data runs/data/gpteacher_train.jsonl
+  --val runs/data/gpteacher_val.jsonl --out DIR`."""
+
+
+TRUNCATIONS = (128, 256, 512)
+LOAD_SETS = {  # prompts sent to the actor: the training distribution, and long real user prompts
+    "gpteacher test split": "gpteacher_test.jsonl",
+    "arena_hard gpt-4-0314": "arena_hard_gpt-4-0314.jsonl",
+}
+TAU_SETS = ("gpteacher (test split)", "arena_hard gpt-4-0314", "alpaca_eval Llama-3-8B-Instruct")
+
+
+async def _closed_loop(actor, prompts: list[str], concurrency: int) -> tuple[float, np.ndarray]:
+    """`concurrency` clients, each sending one prompt at a time; (wall seconds, latencies)."""
+    latencies: list[float] = []
+    next_index = 0
+
+    async def client() -> None:
+        nonlocal next_index
+        while next_index < len(prompts):
+            prompt = prompts[next_index]
+            next_index += 1
+            t = time.perf_counter()
+            await actor.score.remote(prompt)
+            latencies.append(time.perf_counter() - t)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    return time.perf_counter() - t0, np.asarray(latencies)
+
+
+def actor_bench(requests: int, concurrency: int, max_batch_size: int, max_wait_ms: float) -> None:
+    import ray
+
+    from predictor_actor.actor import start_predictor_actor
+    from predictor_actor.batching import PredictorConfig
+
+    load_sets = {name: _load(f).prompts for name, f in LOAD_SETS.items()}
+    rows = []
+    ray.init(address="local", include_dashboard=False, num_cpus=2, _node_ip_address="127.0.0.1",
+             log_to_driver=False)
+    try:
+        for length in TRUNCATIONS:
+            config = PredictorConfig(max_length=length, max_batch_size=max_batch_size,
+                                     max_wait_ms=max_wait_ms)
+            actor = start_predictor_actor(config, name=None)
+            health = ray.get(actor.health.remote())
+            assert health["status"] == "ok", health
+            for name, pool in load_sets.items():
+                rng = np.random.default_rng(0)
+                prompts = [pool[i] for i in rng.integers(0, len(pool), requests)]
+                asyncio.run(_closed_loop(actor, prompts[:64], concurrency))  # warm up
+                before = ray.get(actor.health.remote())
+                wall, lat = asyncio.run(_closed_loop(actor, prompts, concurrency))
+                after = ray.get(actor.health.remote())
+                batches = after["batches"] - before["batches"]
+                rows.append((length, name, requests / wall, np.percentile(lat, 50) * 1e3,
+                             np.percentile(lat, 99) * 1e3, requests / max(batches, 1)))
+                print(f"truncation {length} {name}: {rows[-1][2]:.0f} prompts/s, "
+                      f"p50 {rows[-1][3]:.0f} ms, p99 {rows[-1][4]:.0f} ms, mean batch {rows[-1][5]:.1f}")
+            ray.kill(actor)
+    finally:
+        ray.shutdown()
+
+    # tau of the shipped model served at each truncation
+    model = RankingModel.load(DEFAULT_MODEL_DIR)
+    evals = {name: _load(EVAL_SETS[name]) for name in TAU_SETS}
+    taus = {}
+    for length in TRUNCATIONS:
+        enc = replace(model.config.encoder, max_length=length)
+        for name, data in evals.items():
+            feats = prompt_features(data.prompts, enc, cache_dir=CACHE, progress=True)
+            taus[length, name] = kendall_tau_b(model.scores_from_features(feats), data.output_tokens)
+    trained_at = model.config.encoder.max_length
+    lines = [
+        f"One predictor actor (shipped ListMLE model, trained at truncation {trained_at}) on a local "
+        f"Ray, {concurrency} concurrent closed-loop clients each sending one prompt per call "
+        f"(`actor.score.remote`), {requests} prompts per row drawn from the set named; batching "
+        f"max {max_batch_size} prompts / {max_wait_ms:g} ms. Latency is per call, seen by the "
+        "client. The actor's encoder uses 2 threads; the client shares the same 2 cores (and "
+        "other jobs were running on the machine: figures are noisy).",
+        "",
+        "| truncation (tokens) | prompts | prompts/s | p50 latency (ms) | p99 latency (ms) | mean batch |",
+        "|---:|---|---:|---:|---:|---:|",
+    ]
+    lines += [f"| {a} | {b} | {c:.0f} | {d:.0f} | {e:.0f} | {f:.1f} |" for a, b, c, d, e, f in rows]
+    lines += [
+        "",
+        "Kendall tau-b of the same model when its prompts are truncated to each length "
+        f"(trained at {trained_at}):",
+        "",
+        "| held-out set | " + " | ".join(f"truncation {n}" for n in TRUNCATIONS) + " |",
+        "|---|" + "---:|" * len(TRUNCATIONS),
+    ]
+    for name in TAU_SETS:
+        lines.append(f"| {name} | " + " | ".join(_fmt(taus[n, name]) for n in TRUNCATIONS) + " |")
+    print("\n".join(lines))
+    update_section("predictor-actor", "\n".join(lines))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="what", required=True)
+    q = sub.add_parser("quality")
+    q.add_argument("--write-cards", action="store_true",
+                   help="save the ListMLE and regression models as the shipped defaults, with cards")
+    a = sub.add_parser("actor")
+    a.add_argument("--requests", type=int, default=1000)
+    a.add_argument("--concurrency", type=int, default=64)
+    a.add_argument("--max-batch-size", type=int, default=64)
+    a.add_argument("--max-wait-ms", type=float, default=5.0)
+    args = parser.parse_args()
+    if args.what == "quality":
+        quality(args.write_cards)
+    else:
+        actor_bench(args.requests, args.concurrency, args.max_batch_size, args.max_wait_ms)
+
+
+if __name__ == "__main__":
+    main()
