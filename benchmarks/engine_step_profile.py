@@ -25,9 +25,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "cluster" / "sim" / "profiles" / "cpu-tiny.json"
 DECODE_BATCHES = (1, 2, 4, 8, 16)
-DECODE_CONTEXTS = (32, 768)
+DECODE_CONTEXTS = (32, 120)  # x 16 sequences stays within one step's 2,048-token budget
 DECODE_TOKENS = 40
-PREFILLS = (64, 256, 512, 1024, 1536)
+PREFILLS = (64, 256, 512, 1024, 2000)
 REPEATS = 2
 
 
@@ -35,6 +35,10 @@ def measure(model: str, max_num_seqs: int, kv_gib: int) -> list[dict]:
     """Rows of (prefill tokens, decode seqs, decode context, sum chunk^2, seconds)."""
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_gib))
+    # One OpenMP thread, as each replica of `rankserve serve` runs on this 2-core machine
+    # (bound to a core of its own): an OpenMP team on cores that other processes also use
+    # stalls at every barrier (measured: 4 ms decode steps become 200 ms).
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
     from vllm import SamplingParams
     from vllm.engine.arg_utils import EngineArgs
     from vllm.v1.engine.llm_engine import LLMEngine

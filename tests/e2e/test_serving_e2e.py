@@ -23,6 +23,7 @@ from cluster.config import PolicyConfig  # noqa: E402
 from serve_app import launcher  # noqa: E402
 from serve_app.proto import rankserve_pb2 as pb  # noqa: E402
 from serve_app.proto import rankserve_pb2_grpc as pb_grpc  # noqa: E402
+from serve_app.serve_cli import one_core_each  # noqa: E402
 
 MODEL = "rankserve-tiny-llama"
 META = (("application", "rankserve"),)
@@ -47,6 +48,7 @@ def server(tmp_path_factory):
         "scorer": "heuristic",
         "request_log": str(work / "requests.jsonl"),
         "work_dir": str(work / "engines"),
+        "cpu_threads_bind": one_core_each(2),
     }
     launcher.init_ray("local", 2)
     try:
