@@ -78,6 +78,7 @@ class Ingress:
             self.config.predictor_num_cpus,
             self.config.predictor_threads,
         )
+        self.scorer = scorer
         self.path = GenerationPath(self.scheduler, scorer)
         self.request_log = (
             RequestLogWriter(self.config.request_log, self.config.request_log_max_bytes)
@@ -225,7 +226,7 @@ class Ingress:
 
     @api.get("/status")
     async def status(self) -> JSONResponse:
-        return JSONResponse(asdict(await self._status()))
+        return JSONResponse({**asdict(await self._status()), "scorer": self.scorer.describe()})
 
     @api.post("/v1/completions")
     async def completions(self, request: Request) -> Any:

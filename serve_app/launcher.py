@@ -19,15 +19,20 @@ class Endpoints:
     grpc: str  # host:port
 
 
-def init_ray(address: str, num_replicas: int) -> None:
-    """'local' starts a cluster of this machine; anything else joins one ('auto', ray://...)."""
+def init_ray(address: str, num_replicas: int, dashboard: bool = False) -> None:
+    """'local' starts a cluster of this machine (with the dashboard, `ray job submit` works
+    against it at http://127.0.0.1:8265); anything else joins one ('auto', ray://...)."""
     import ray
 
     if address == "local":
+        # Ray runs workers at nice 15 by default; the engines are the latency-critical work
+        # here, and on a shared machine nice 15 starves them behind everything else.
+        os.environ.setdefault("RAY_worker_niceness", "0")
         ray.init(
             address="local",
             namespace=NAMESPACE,
-            include_dashboard=False,
+            include_dashboard=dashboard,
+            dashboard_host="127.0.0.1",
             _node_ip_address="127.0.0.1",
             # Logical CPUs: replicas take one each, the predictor half; on a small machine
             # they share the cores anyway.

@@ -48,6 +48,11 @@ def register(subparsers: Any, name: str, help_text: str) -> None:
     p.add_argument("--grpc-port", type=int, default=9000)
     p.add_argument("--work-dir", default="/tmp/rankserve", help="engine caches and temp files")
     p.add_argument(
+        "--no-dashboard",
+        action="store_true",
+        help="local cluster without Ray's dashboard (and so without `ray job submit`)",
+    )
+    p.add_argument(
         "--no-wait",
         action="store_true",
         help="deploy and return (the app keeps running on a joined cluster)",
@@ -106,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
 
     from serve_app import launcher
 
-    launcher.init_ray(args.address, args.replicas)
+    launcher.init_ray(args.address, args.replicas, dashboard=not args.no_dashboard)
     device = args.device or ("gpu" if ray.cluster_resources().get("GPU", 0) >= 1 else "cpu")
     stop = threading.Event()
     try:
