@@ -7,6 +7,7 @@
   actor     the shared predictor Ray actor under concurrent load: prompts/s and p50/p99
             latency at truncation 128, 256 and 512 tokens, and the tau each truncation costs
   finetune  frozen encoder vs fine-tuning it, within the 30-minute training budget
+  train-time  wall time of `rankserve predictor train` on 10k prompts, cold cache
 
 Needs the prompt files of `rankserve data` in runs/data (from ../shared/datasets). Prints the
 figures and writes them to docs/benchmarks.md.
@@ -14,6 +15,7 @@ figures and writes them to docs/benchmarks.md.
     python -m benchmarks.bench_predictor quality --write-cards
     python -m benchmarks.bench_predictor actor
     python -m benchmarks.bench_predictor finetune
+    python -m benchmarks.bench_predictor train-time
 """
 
 from __future__ import annotations
@@ -203,6 +205,9 @@ _CARD_NOTES = """## Notes
 
 
 TRUNCATIONS = (128, 256, 512)
+# (truncation, int8 quantization, prompts per encoder chunk) served by the actor; chunk 64 =
+# the whole batch in one padded forward pass
+VARIANTS = ((128, False, 16), (256, False, 16), (512, False, 16), (256, True, 16), (256, False, 64))
 LOAD_SETS = {  # prompts sent to the actor: the training distribution, and long real user prompts
     "gpteacher test split": "gpteacher_test.jsonl",
     "arena_hard gpt-4-0314": "arena_hard_gpt-4-0314.jsonl",
@@ -229,7 +234,13 @@ async def _closed_loop(actor, prompts: list[str], concurrency: int) -> tuple[flo
     return time.perf_counter() - t0, np.asarray(latencies)
 
 
-def actor_bench(requests: int, concurrency: int, max_batch_size: int, max_wait_ms: float) -> None:
+def actor_bench(
+    requests: int,
+    concurrency: int,
+    max_batch_size: int,
+    max_wait_ms: float,
+    torch_threads: int | None,
+) -> None:
     import ray
 
     from predictor_actor.actor import start_predictor_actor
@@ -245,11 +256,16 @@ def actor_bench(requests: int, concurrency: int, max_batch_size: int, max_wait_m
         log_to_driver=False,
     )
     try:
-        for length in TRUNCATIONS:
+        for length, quantize, chunk in VARIANTS:
             config = PredictorConfig(
-                max_length=length, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms
+                max_length=length,
+                max_batch_size=max_batch_size,
+                max_wait_ms=max_wait_ms,
+                quantize=quantize,
+                chunk_size=chunk,
             )
-            actor = start_predictor_actor(config, name=None)
+            actor = start_predictor_actor(config, name=None, torch_threads=torch_threads)
+            variant = f"{length}{' int8' if quantize else ''}, chunks of {chunk}"
             health = ray.get(actor.health.remote())
             assert health["status"] == "ok", health
             for name, pool in load_sets.items():
@@ -262,7 +278,7 @@ def actor_bench(requests: int, concurrency: int, max_batch_size: int, max_wait_m
                 batches = after["batches"] - before["batches"]
                 rows.append(
                     (
-                        length,
+                        variant,
                         name,
                         requests / wall,
                         np.percentile(lat, 50) * 1e3,
@@ -271,49 +287,187 @@ def actor_bench(requests: int, concurrency: int, max_batch_size: int, max_wait_m
                     )
                 )
                 print(
-                    f"truncation {length} {name}: {rows[-1][2]:.0f} prompts/s, "
+                    f"truncation {variant} {name}: {rows[-1][2]:.0f} prompts/s, "
                     f"p50 {rows[-1][3]:.0f} ms, p99 {rows[-1][4]:.0f} ms, mean batch {rows[-1][5]:.1f}"
                 )
             ray.kill(actor)
     finally:
         ray.shutdown()
 
-    # tau of the shipped model served at each truncation
+    # tau of the shipped model served at each truncation (and quantized)
     model = RankingModel.load(DEFAULT_MODEL_DIR)
     evals = {name: _load(EVAL_SETS[name]) for name in TAU_SETS}
     taus = {}
-    for length in TRUNCATIONS:
-        enc = replace(model.config.encoder, max_length=length)
+    for length, quantize in dict.fromkeys((n, q) for n, q, _ in VARIANTS):
+        enc = replace(model.config.encoder, max_length=length, quantize=quantize)
         for name, data in evals.items():
             feats = prompt_features(data.prompts, enc, cache_dir=CACHE, progress=True)
-            taus[length, name] = kendall_tau_b(
+            taus[length, quantize, name] = kendall_tau_b(
                 model.scores_from_features(feats), data.output_tokens
             )
     trained_at = model.config.encoder.max_length
+    threads = torch_threads or "2 (the default on 2 cores)"
     lines = [
-        f"One predictor actor (shipped ListMLE model, trained at truncation {trained_at}) on a local "
-        f"Ray, {concurrency} concurrent closed-loop clients each sending one prompt per call "
-        f"(`actor.score.remote`), {requests} prompts per row drawn from the set named; batching "
-        f"max {max_batch_size} prompts / {max_wait_ms:g} ms. Latency is per call, seen by the "
-        "client. The actor's encoder uses 2 threads; the client shares the same 2 cores (and "
-        "other jobs were running on the machine: figures are noisy).",
+        f"One predictor actor (shipped ListMLE model, trained at truncation {trained_at}) on a "
+        f"local Ray, {concurrency} concurrent closed-loop clients each sending one prompt per "
+        f"call (`actor.score.remote`), {requests} prompts per row drawn at random from the set "
+        f"named; batching: at most {max_batch_size} prompts / {max_wait_ms:g} ms, each batch "
+        "encoded in length-sorted chunks of the size shown. Latency is per call, as the client sees it. Encoder "
+        f"threads: {threads}; the clients share the same 2 cores, and other jobs were running on "
+        "the machine: figures are noisy. int8: dynamic quantization of the encoder's linear "
+        "layers.",
         "",
-        "| truncation (tokens) | prompts | prompts/s | p50 latency (ms) | p99 latency (ms) | mean batch |",
-        "|---:|---|---:|---:|---:|---:|",
+        "| truncation (tokens), encoding | prompts | prompts/s | p50 latency (ms) | p99 latency (ms) "
+        "| mean batch |",
+        "|---|---|---:|---:|---:|---:|",
     ]
     lines += [f"| {a} | {b} | {c:.0f} | {d:.0f} | {e:.0f} | {f:.1f} |" for a, b, c, d, e, f in rows]
+    tau_variants = list(dict.fromkeys((n, q) for n, q, _ in VARIANTS))
+    names = [f"{n}{' int8' if q else ''}" for n, q in tau_variants]
     lines += [
         "",
-        "Kendall tau-b of the same model when its prompts are truncated to each length "
-        f"(trained at {trained_at}):",
+        f"Kendall tau-b of the same model (trained at {trained_at}) when prompts are truncated to "
+        "each length:",
         "",
-        "| held-out set | " + " | ".join(f"truncation {n}" for n in TRUNCATIONS) + " |",
-        "|---|" + "---:|" * len(TRUNCATIONS),
+        "| held-out set | " + " | ".join(f"truncation {n}" for n in names) + " |",
+        "|---|" + "---:|" * len(tau_variants),
     ]
     for name in TAU_SETS:
-        lines.append(f"| {name} | " + " | ".join(_fmt(taus[n, name]) for n in TRUNCATIONS) + " |")
+        lines.append(
+            f"| {name} | " + " | ".join(_fmt(taus[n, q, name]) for n, q in tau_variants) + " |"
+        )
     print("\n".join(lines))
     update_section("predictor-actor", "\n".join(lines))
+
+
+def finetune(minutes: float, prompts: int, max_length: int, encoder_lr: float) -> None:
+    """Fine-tune the encoder and head together (ListMLE, lists of 32), starting from the shipped
+    frozen-encoder model, for at most `minutes` of wall time on `prompts` training prompts;
+    compare held-out tau with the frozen model's at the same truncation."""
+    import torch
+
+    from predictor_actor.encoder import EncoderConfig, PromptEncoder, length_feature
+    from predictor_actor.head import listmle_loss
+    from predictor_actor.text import clean_prompt
+
+    train_data, val_data = _load("gpteacher_train.jsonl"), _load("gpteacher_val.jsonl")
+    test_data = _load("gpteacher_test.jsonl")
+    rng = np.random.default_rng(0)
+    train_data = train_data.subset(rng.permutation(len(train_data))[:prompts])
+    frozen = RankingModel.load(DEFAULT_MODEL_DIR)
+    enc_cfg = EncoderConfig(max_length=max_length)
+
+    def tau_of(model: RankingModel, encoder: PromptEncoder, data: LabelledPrompts) -> float:
+        encoder.model.eval()
+        return kendall_tau_b(
+            model.scores_from_features(encoder.features(data.prompts)), data.output_tokens
+        )
+
+    encoder = PromptEncoder(enc_cfg)
+    frozen_val = tau_of(frozen, encoder, val_data)
+    frozen_test = tau_of(frozen, encoder, test_data)
+    print(f"frozen at truncation {max_length}: val {frozen_val:.3f}, test {frozen_test:.3f}")
+    head = frozen.head
+    model = RankingModel(frozen.config, head, encoder)
+    opt = torch.optim.AdamW(
+        [
+            {"params": encoder.model.parameters(), "lr": encoder_lr},
+            {"params": head.parameters(), "lr": 1e-4},
+        ],
+        weight_decay=0.01,
+    )
+    texts = [clean_prompt(p) for p in train_data.prompts]
+    lengths = torch.from_numpy(train_data.output_tokens)
+    list_size, lists_per_step = 32, 8
+    t0 = time.monotonic()
+    deadline = t0 + minutes * 60
+    history, seen, epoch = [], 0, 0
+    while time.monotonic() < deadline:
+        epoch += 1
+        order = rng.permutation(len(texts))
+        usable = len(order) - len(order) % (list_size * lists_per_step)
+        for start in range(0, usable, list_size * lists_per_step):
+            if time.monotonic() >= deadline:
+                break
+            idx = order[start : start + list_size * lists_per_step]
+            # Dropout stays off in the encoder: the head standardises features by their frozen
+            # statistics, and dropout noise on dimensions of tiny spread blows the scores up.
+            encoder.model.eval()
+            head.train()
+            batch = [texts[i] for i in idx]
+            pooled = encoder.pooled(batch)
+            feats = torch.cat([pooled, torch.from_numpy(length_feature(batch)).unsqueeze(1)], dim=1)
+            scores = head(feats)[:, 0].reshape(lists_per_step, list_size)
+            loss = listmle_loss(scores, lengths[idx].reshape(lists_per_step, list_size))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            seen += len(idx)
+            print(
+                f"epoch {epoch}, {seen} prompts, {time.monotonic() - t0:.0f} s, loss {loss.item():.2f}",
+                flush=True,
+            )
+        head.eval()
+        val = tau_of(model, encoder, val_data)
+        history.append((epoch, seen, time.monotonic() - t0, val))
+        print(f"after epoch {epoch}: val tau {val:.3f}", flush=True)
+    test = tau_of(model, encoder, test_data)
+    lines = [
+        f"Fine-tuning the encoder (all 6 layers, learning rate {encoder_lr:g}) and the head "
+        f"together with ListMLE (lists of 32, 8 lists per step), starting from the shipped "
+        f"frozen-encoder model, on {len(texts)} GPTeacher training prompts at truncation "
+        f"{max_length}, for at most {minutes:g} minutes of wall time (the training budget for "
+        "10k prompts), 1 torch thread on the shared 2-core machine (other jobs running).",
+        "",
+        "| model | prompts seen | wall time (s) | val tau | test tau |",
+        "|---|---:|---:|---:|---:|",
+        f"| frozen encoder (shipped) | - | - | {frozen_val:.3f} | {frozen_test:.3f} |",
+    ]
+    for ep, n, t, v in history[:-1]:
+        lines.append(f"| fine-tuned, after pass {ep} | {n} | {t:.0f} | {v:.3f} | |")
+    ep, n, t, v = history[-1]
+    lines.append(f"| fine-tuned, end of budget | {n} | {t:.0f} | {v:.3f} | {test:.3f} |")
+    print("\n".join(lines))
+    update_section("predictor-finetune", "\n".join(lines))
+
+
+def train_time(prompts: int) -> None:
+    """Wall time of `rankserve predictor train` on `prompts` GPTeacher prompts from a cold
+    embedding cache (encoding included), with the default settings."""
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "train.jsonl"
+        src = (DATA / "gpteacher_train.jsonl").read_text().splitlines()[:prompts]
+        data.write_text("\n".join(src) + "\n")
+        cmd = [
+            "rankserve",
+            "predictor",
+            "train",
+            "--data",
+            str(data),
+            "--out",
+            f"{tmp}/model",
+            "--cache-dir",
+            f"{tmp}/cache",
+        ]
+        t0 = time.monotonic()
+        subprocess.run(cmd, check=True)
+        wall = time.monotonic() - t0
+        training = RankingModel.load(f"{tmp}/model").config.training
+    lines = [
+        f"`rankserve predictor train` on the first {len(src)} prompts of the GPTeacher training "
+        "split, cold embedding cache, default settings (ListMLE, truncation 256, 40 epochs), "
+        "2 shared CPU cores (other jobs running).",
+        "",
+        "| prompts | encoding (s) | training (s) | total wall (s) | validation tau |",
+        "|---:|---:|---:|---:|---:|",
+        f"| {len(src)} | {training['encode_seconds']:.0f} | {training['train_seconds']:.0f} | "
+        f"{wall:.0f} | {training['val_kendall_tau']:.3f} |",
+    ]
+    print("\n".join(lines))
+    update_section("predictor-train-time", "\n".join(lines))
 
 
 def main() -> None:
@@ -330,11 +484,29 @@ def main() -> None:
     a.add_argument("--concurrency", type=int, default=64)
     a.add_argument("--max-batch-size", type=int, default=64)
     a.add_argument("--max-wait-ms", type=float, default=5.0)
+    a.add_argument("--torch-threads", type=int, default=None)
+    f = sub.add_parser("finetune")
+    f.add_argument("--minutes", type=float, default=30.0)
+    f.add_argument("--prompts", type=int, default=10_000)
+    f.add_argument("--max-length", type=int, default=128)
+    f.add_argument("--encoder-lr", type=float, default=2e-5)
+    t = sub.add_parser("train-time")
+    t.add_argument("--prompts", type=int, default=10_000)
     args = parser.parse_args()
-    if args.what == "quality":
+    if args.what == "train-time":
+        train_time(args.prompts)
+    elif args.what == "quality":
         quality(args.write_cards)
+    elif args.what == "actor":
+        actor_bench(
+            args.requests,
+            args.concurrency,
+            args.max_batch_size,
+            args.max_wait_ms,
+            args.torch_threads,
+        )
     else:
-        actor_bench(args.requests, args.concurrency, args.max_batch_size, args.max_wait_ms)
+        finetune(args.minutes, args.prompts, args.max_length, args.encoder_lr)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,9 @@ class PredictorConfig:
     # Within a batch, prompts are encoded in length-sorted chunks of this many, so padding
     # follows each chunk's longest prompt (see EncoderConfig.chunk_size).
     chunk_size: int = 16
+    # int8 dynamic quantization of the encoder's linear layers: faster on CPU, slightly
+    # different scores (measured in docs/benchmarks.md, predictor-actor).
+    quantize: bool = False
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:
@@ -104,6 +107,7 @@ class BatchingPredictor:
         enc_cfg = replace(
             model.config.encoder,
             chunk_size=config.chunk_size,
+            quantize=config.quantize,
             max_length=config.max_length or model.config.encoder.max_length,
         )
         model = RankingModel(model.config, model.head, PromptEncoder(enc_cfg))

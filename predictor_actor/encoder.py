@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,9 +89,11 @@ class PromptEncoder:
         model = BertModel.from_pretrained(str(path), attn_implementation="sdpa")
         model.eval()
         if config.quantize:
-            model = torch.ao.quantization.quantize_dynamic(
-                model, {torch.nn.Linear}, dtype=torch.qint8
-            )
+            with warnings.catch_warnings():  # the eager quantization API is deprecated, not gone
+                warnings.simplefilter("ignore")
+                model = torch.ao.quantization.quantize_dynamic(
+                    model, {torch.nn.Linear}, dtype=torch.qint8
+                )
         self.model = model
 
     def tokenize(self, prompts: list[str]):  # -> (input_ids, attention_mask) tensors

@@ -43,7 +43,11 @@ class ScoringHead(nn.Module):
 
     def set_feature_stats(self, features: torch.Tensor) -> None:
         self.feature_mean.copy_(features.mean(0))
-        self.feature_std.copy_(features.std(0).clamp(min=1e-6))
+        # MiniLM has a few output dimensions that are ~0 for every prompt; dividing by their
+        # spread would turn numerical noise (int8, padding, a fine-tuned encoder) into huge
+        # inputs. A floor at a tenth of the typical spread keeps them harmless.
+        std = features.std(0)
+        self.feature_std.copy_(std.clamp(min=float(0.1 * std.median().clamp(min=1e-6))))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.net((features - self.feature_mean) / self.feature_std)
