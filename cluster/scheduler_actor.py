@@ -27,6 +27,7 @@ from cluster.scheduler import Scheduler, UnknownRequest
 logger = logging.getLogger(__name__)
 
 ACTOR_NAME = "rankserve-scheduler"
+NAME_RETRIES = 60
 NAMESPACE = "rankserve"
 
 
@@ -112,18 +113,9 @@ class SchedulerActor:
         return list(self._infos.values())
 
     async def _start_replica(self, spec: ReplicaSpec, me: Any) -> None:
-        import ray
 
         try:
-            handle = (
-                ray.remote(EngineReplica)
-                .options(
-                    name=replica_actor_name(spec.replica_id),
-                    namespace=NAMESPACE,
-                    **spec.actor_options(),
-                )
-                .remote(spec, me)
-            )
+            handle = await self._create_replica(spec, me)
             info = await handle.start.remote()
         except Exception:
             logger.exception("replica %s failed to start", spec.replica_id)
@@ -140,6 +132,21 @@ class SchedulerActor:
         )
         logger.info("replica %s up: %s", spec.replica_id, info)
         self._schedule()
+
+    async def _create_replica(self, spec: ReplicaSpec, me: Any) -> Any:
+        import ray
+
+        cls = ray.remote(EngineReplica)
+        name = replica_actor_name(spec.replica_id)
+        for _ in range(NAME_RETRIES):
+            try:
+                return cls.options(name=name, namespace=NAMESPACE, **spec.actor_options()).remote(
+                    spec, me
+                )
+            except ValueError:
+                # The replica this one replaces was just killed: its name frees up shortly.
+                await asyncio.sleep(0.5)
+        raise RuntimeError(f"actor name {name} stays taken")
 
     async def scale(self, num_replicas: int) -> list[str]:
         """Grow or shrink the replica set. New replicas copy the first replica's spec; removed
@@ -263,18 +270,43 @@ class SchedulerActor:
     def set_policy(self, policy: PolicyConfig) -> None:
         """Switch the scheduling policy (benchmarks compare policies on the same engines).
         Only between requests: the queue's order would mean nothing across two policies."""
+        self._replace_core(dataclasses.replace(self.config, policy=policy))
+        logger.info("policy is now %s", policy.name)
+
+    async def reconcile(
+        self, config: SchedulerConfig, replicas: list[ReplicaSpec]
+    ) -> list[ReplicaInfo]:
+        """Bring the cluster to a (re)deployment's settings, then start what is missing.
+        Replicas whose settings changed are replaced (their requests continue on the others
+        meanwhile); the scheduling settings change only while no request is in flight."""
+        if self._starting:
+            await asyncio.gather(*self._starting.values(), return_exceptions=True)
+        wanted = {s.replica_id: s for s in replicas}
+        for replica_id in list(self._specs):
+            if wanted.get(replica_id) != self._specs[replica_id]:
+                del self._specs[replica_id]
+                self._drop_replica(replica_id, "settings changed")
+        for replica_id, spec in wanted.items():
+            self._specs.setdefault(replica_id, spec)
+        if config != self.config:
+            try:
+                self._replace_core(config)
+            except RuntimeError as e:
+                logger.warning("scheduling settings left as they were: %s", e)
+        return await self.start()
+
+    def _replace_core(self, config: SchedulerConfig) -> None:
         active = [r for r in self._core.requests() if not r.state.is_terminal]
         if active:
-            raise RuntimeError(f"cannot switch policy with {len(active)} requests in flight")
-        self.config = dataclasses.replace(self.config, policy=policy)
-        core = Scheduler(self.config, WallClock())
+            raise RuntimeError(f"cannot change scheduling with {len(active)} requests in flight")
+        core = Scheduler(config, WallClock())
         for replica_id, info in self._infos.items():
             core.add_replica(replica_id, info.max_num_seqs, info.total_kv_blocks, info.block_size)
             load = self._loads.get(replica_id)
             if load is not None:
                 core.update_load(load)
+        self.config = config
         self._core = core
-        logger.info("policy is now %s", policy.name)
 
     def status(self) -> ClusterStatus:
         stats = self._core.stats()

@@ -70,8 +70,11 @@ class Ingress:
         self.tokenizer = AutoTokenizer.from_pretrained(self.config.model)
         self.created = int(time.time())
         self.scheduler = get_or_create(self.config.scheduler_config(), self.config.replica_specs())
-        # Engines take a while to start; readiness (/ready, Health) reports when one is up.
-        self._starting = self.scheduler.start.remote()
+        # A scheduler that outlived an earlier deployment takes this one's settings. Engines take
+        # a while to start; readiness (/ready, Health) reports when one is up.
+        self._starting = self.scheduler.reconcile.remote(
+            self.config.scheduler_config(), self.config.replica_specs()
+        )
         scorer = make_scorer(
             self.config.scorer,
             self.config.predictor_model,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 
 import pytest
 
@@ -83,3 +84,34 @@ def test_many_sliced_requests_at_once(url):
     for body, reply in zip(bodies, replies, strict=True):
         assert reply.status_code == 200, reply.text
         assert reply.json()["usage"]["completion_tokens"] == body["max_tokens"]
+
+
+def test_redeploy_with_new_engine_settings_reaches_the_replicas(url, tmp_path):
+    """The scheduler actor outlives deployments; a redeploy with other engine settings replaces
+    the replicas (and a policy change applies while idle)."""
+    from ray import serve
+
+    from serve_app.app import APP_NAME, build_app
+
+    settings = {
+        "engine": "simulated",
+        "num_replicas": 2,
+        "max_num_seqs": 6,
+        "slice_tokens": SLICE,
+        "scorer": "heuristic",
+        "policy": "fcfs",
+        "work_dir": str(tmp_path),
+    }
+    serve.run(build_app(settings), name=APP_NAME, route_prefix="/", blocking=False)
+    launcher.wait_ready(url + "/ready", 120)
+    with httpx.Client(base_url=url, timeout=60) as client:
+        deadline = time.monotonic() + 60
+        while True:
+            status = client.get("/status").json()
+            seqs = [r["info"]["max_num_seqs"] for r in status["replicas"] if r["info"]]
+            if seqs == [6, 6] or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert seqs == [6, 6] and status["policy"] == "fcfs"
+        r = client.post("/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 20})
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 20
