@@ -93,6 +93,8 @@ class SchedulerActor:
         self._replace_dead = replace_dead
         self._health: asyncio.Task | None = None
         self._background: set[asyncio.Task] = set()
+        # (finished, failed, rounds) of the cores replaced by policy or settings changes.
+        self._earlier = (0, 0, 0)
 
     # ---- replicas -------------------------------------------------------------------------
 
@@ -305,6 +307,12 @@ class SchedulerActor:
             load = self._loads.get(replica_id)
             if load is not None:
                 core.update_load(load)
+        old = self._core.stats()
+        self._earlier = (
+            self._earlier[0] + old.finished,
+            self._earlier[1] + old.failed,
+            self._earlier[2] + old.rounds,
+        )
         self.config = config
         self._core = core
 
@@ -333,9 +341,9 @@ class SchedulerActor:
             stats.queued,
             stats.dispatched,
             stats.running,
-            stats.finished,
-            stats.failed,
-            stats.rounds,
+            self._earlier[0] + stats.finished,
+            self._earlier[1] + stats.failed,
+            self._earlier[2] + stats.rounds,
             replicas,
         )
 
