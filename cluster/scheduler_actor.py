@@ -389,6 +389,9 @@ class SchedulerActor:
             future = self._waiters.pop(rid, None)
             if future is not None and not future.done():
                 future.set_result(ticket)
+        # Requests no replica could ever hold (context beyond every KV cache): fail them now.
+        for request in self._core.take_rejected():
+            self._end(request.request_id, error=request.error)
 
 
 def replica_actor_name(replica_id: str) -> str:
