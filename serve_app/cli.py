@@ -12,11 +12,13 @@ SUBCOMMANDS = {
     "simulate": ("cluster.sim.cli", "compare scheduling policies on a workload in virtual time"),
     "data": ("cluster.workload.cli", "turn data sets into prompt files"),
     "predictor": ("predictor_actor.cli", "train and evaluate the output-length ranking model"),
+    "serve": ("serve_app.serve_cli", "start the service: Ray cluster, vLLM replicas, scheduler"),
+    "bench": ("serve_app.bench", "replay a workload against a live endpoint"),
 }
 
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rankserve", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="rankserve", description=" ".join(__doc__.split("\n\n")[0].split()))
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     wanted = next((a for a in argv if not a.startswith("-")), None)
     for name, (module, help_text) in SUBCOMMANDS.items():
