@@ -14,6 +14,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 PROFILES_PATH = Path(__file__).with_name("profiles.json")
+MEASURED_DIR = Path(__file__).with_name("profiles")
 GIB = 1024**3
 
 
@@ -119,11 +120,15 @@ class StepTimeProfile:
 
 
 def _shipped() -> dict[str, dict]:
-    return json.loads(PROFILES_PATH.read_text())["profiles"]
+    """Fitted profiles (profiles.json) and measured ones (profiles/NAME.json, e.g. cpu-tiny)."""
+    shipped = json.loads(PROFILES_PATH.read_text())["profiles"]
+    for path in sorted(MEASURED_DIR.glob("*.json")):
+        shipped.setdefault(path.stem, json.loads(path.read_text()))
+    return shipped
 
 
 def available_profiles() -> list[str]:
-    """Names of the profiles shipped in `cluster/sim/profiles.json`."""
+    """Names of the profiles shipped in `cluster/sim/`."""
     return sorted(_shipped())
 
 
