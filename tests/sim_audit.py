@@ -21,6 +21,7 @@ from cluster.config import EngineConfig
 from cluster.scheduler import Scheduler
 from cluster.sim import simulator
 from cluster.sim.engine import SimulatedEngine, StepResult
+from cluster.sim.simulator import apply_step
 from cluster.sim.step_time import StepTimeModel, load_profile
 
 STEP_TIME = StepTimeModel(load_profile("a100-llama3-8b"))
@@ -141,24 +142,6 @@ def register(scheduler: Scheduler, engine: SimulatedEngine) -> None:
     scheduler.add_replica(
         engine.replica_id, engine.config.max_num_seqs, engine.kv.num_blocks, engine.kv.block_size
     )
-
-
-def apply_step(scheduler: Scheduler, result: StepResult) -> int:
-    """Report one engine step to the scheduler; returns how many requests it finished."""
-    for s in result.preempted:
-        scheduler.on_preempted(s.request.request_id)
-    for s in result.started:
-        scheduler.on_running(s.request.request_id)
-    for s in result.sampled:
-        scheduler.on_tokens(s.request.request_id, 1)
-    finished = 0
-    for s in result.done:
-        if s.request.remaining_tokens == 0:
-            scheduler.on_finished(s.request.request_id)
-            finished += 1
-        else:
-            scheduler.on_slice_end(s.request.request_id)
-    return finished
 
 
 def drive(

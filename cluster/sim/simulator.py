@@ -164,7 +164,7 @@ def simulate(items: list[WorkloadItem], config: SimulationConfig) -> SimulationR
         while steps and steps[0][0] <= t:
             _, _, replica_id, result = heapq.heappop(steps)
             busy[replica_id] = False
-            done = _apply(scheduler, result)
+            done = apply_step(scheduler, result)
             scheduler.update_load(by_id[replica_id].load())
             if done:
                 finished += done
@@ -214,8 +214,8 @@ def simulate(items: list[WorkloadItem], config: SimulationConfig) -> SimulationR
     )
 
 
-def _apply(scheduler: Scheduler, result: StepResult) -> int:
-    """Apply one finished engine step to the scheduler; returns completions."""
+def apply_step(scheduler: Scheduler, result: StepResult) -> int:
+    """Report one finished engine step to the scheduler; returns completions."""
     for seq in result.preempted:
         scheduler.on_preempted(seq.request.request_id)
     for seq in result.started:
