@@ -36,8 +36,9 @@ class PredictorConfig:
     # follows each chunk's longest prompt (see EncoderConfig.chunk_size).
     chunk_size: int = 16
     # int8 dynamic quantization of the encoder's linear layers: faster on CPU, slightly
-    # different scores (measured in docs/benchmarks.md, predictor-actor).
-    quantize: bool = False
+    # different scores (measured in docs/benchmarks.md, predictor-actor). None: as the model
+    # was trained.
+    quantize: bool | None = None
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:
@@ -107,7 +108,7 @@ class BatchingPredictor:
         enc_cfg = replace(
             model.config.encoder,
             chunk_size=config.chunk_size,
-            quantize=config.quantize,
+            quantize=model.config.encoder.quantize if config.quantize is None else config.quantize,
             max_length=config.max_length or model.config.encoder.max_length,
         )
         model = RankingModel(model.config, model.head, PromptEncoder(enc_cfg))

@@ -25,6 +25,7 @@ HIDDEN = 384
 FEATURE_DIM = HIDDEN + 1
 # The encoder's position table has 512 entries.
 MAX_POSITIONS = 512
+LAYERS = 6  # transformer layers in all-MiniLM-L6-v2
 
 
 def encoder_path() -> Path:
@@ -44,16 +45,22 @@ class EncoderConfig:
     # longest prompt, not the whole batch's (2x faster on mixed lengths, same results).
     chunk_size: int = 16
     quantize: bool = False  # int8 dynamic quantization of the linear layers
+    # Pool the hidden states after the first `layers` of the encoder's 6: the cost of encoding
+    # is proportional to it (measured speed and tau per depth: docs/predictor.md).
+    layers: int = LAYERS
 
     def __post_init__(self) -> None:
         if not 8 <= self.max_length <= MAX_POSITIONS:
             raise ValueError(f"max_length must be in 8..{MAX_POSITIONS}, got {self.max_length}")
+        if not 1 <= self.layers <= LAYERS:
+            raise ValueError(f"layers must be in 1..{LAYERS}, got {self.layers}")
         if self.chunk_size < 1:
             raise ValueError("chunk_size must be >= 1")
 
     @property
     def cache_name(self) -> str:
-        return f"minilm-l6-mean-len{self.max_length}{'-int8' if self.quantize else ''}"
+        depth = "" if self.layers == LAYERS else f"-layers{self.layers}"
+        return f"minilm-l6{depth}-mean-len{self.max_length}{'-int8' if self.quantize else ''}"
 
 
 def length_feature(prompts: list[str]) -> np.ndarray:
@@ -87,6 +94,7 @@ class PromptEncoder:
         self.tokenizer.enable_truncation(config.max_length)
         self.tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")  # pad to the chunk's longest
         model = BertModel.from_pretrained(str(path), attn_implementation="sdpa")
+        model.encoder.layer = model.encoder.layer[: config.layers]
         model.eval()
         if config.quantize:
             with warnings.catch_warnings():  # the eager quantization API is deprecated, not gone

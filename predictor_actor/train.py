@@ -44,6 +44,12 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-2
     max_length: int = 256  # encoder truncation, tokens
+    # Encoder layers used (EncoderConfig.layers): the first layer alone ranks GPTeacher about
+    # as well as all six and encodes ~3x faster (docs/predictor.md, "Speed of the actor").
+    layers: int = 1
+    # int8 encoding: faster, but its activation scale is per chunk, so a prompt's score then
+    # depends on the prompts batched with it; off by default.
+    quantize: bool = False
     hidden: int = 256
     dropout: float = 0.1
     buckets: int = 8  # classification: length buckets (training-set quantiles of log length)
@@ -59,7 +65,11 @@ class TrainConfig:
             raise ValueError("epochs and lists_per_step must be >= 1 and lr > 0")
         if not 0 < self.val_fraction < 1:
             raise ValueError("val_fraction must be in (0, 1)")
-        EncoderConfig(max_length=self.max_length)  # validates the truncation
+        _ = self.encoder_config  # validates the truncation and depth
+
+    @property
+    def encoder_config(self) -> EncoderConfig:
+        return EncoderConfig(max_length=self.max_length, layers=self.layers, quantize=self.quantize)
 
 
 def _lists(n: int, list_size: int, rng: np.random.Generator) -> np.ndarray:
@@ -130,7 +140,7 @@ def train(
             f"need at least {config.list_size} training and 2 validation prompts, "
             f"got {len(train_idx)} and {len(val_idx)} (of {len(data)})"
         )
-    enc_cfg = EncoderConfig(max_length=config.max_length)
+    enc_cfg = config.encoder_config
     feats = prompt_features(data.prompts, enc_cfg, cache_dir=cache_dir, progress=progress)
     t_encoded = time.monotonic()
     model, history = fit_head(
@@ -183,7 +193,7 @@ def fit_head(
     the per-epoch history."""
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    enc_cfg = EncoderConfig(max_length=config.max_length)
+    enc_cfg = config.encoder_config
     x_train_t = torch.from_numpy(np.ascontiguousarray(x_train, dtype=np.float32))
     y_train_t = torch.from_numpy(np.asarray(y_train, dtype=np.int64))
     y_val = np.asarray(y_val)
