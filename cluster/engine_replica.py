@@ -171,6 +171,7 @@ class VllmEngine:
         self._running = 0
         self._waiting = 0
         self._kv_usage = 0.0
+        self._in_flight = 0  # generate streams open on this engine
         self._total_blocks = 0
 
     async def start(self) -> ReplicaInfo:
@@ -243,14 +244,23 @@ class VllmEngine:
             output_kind=RequestOutputKind.DELTA,
         )
         prompt = {"prompt_token_ids": list(call.prompt_token_ids)}
-        async for out in self._llm.generate(
-            prompt, params, engine_request_id(call), priority=call.priority
-        ):
-            completion = out.outputs[0]
-            reason = completion.finish_reason if out.finished else None
-            if reason == "length" and not call.final:
-                reason = "slice"
-            yield TokenChunk(list(completion.token_ids), completion.text, reason)
+        self._in_flight += 1
+        try:
+            async for out in self._llm.generate(
+                prompt, params, engine_request_id(call), priority=call.priority
+            ):
+                completion = out.outputs[0]
+                reason = completion.finish_reason if out.finished else None
+                if reason == "length" and not call.final:
+                    reason = "slice"
+                yield TokenChunk(list(completion.token_ids), completion.text, reason)
+        finally:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                # vLLM reports stats only with a step's outputs; once the last request is
+                # aborted no step follows, and the last report would claim it still runs.
+                self._running = self._waiting = 0
+                self._kv_usage = 0.0
 
     async def abort(self, engine_request_id: str) -> None:
         await self._llm.abort(engine_request_id)
@@ -386,6 +396,7 @@ class EngineReplica:
         self._wake: asyncio.Event | None = None
         self._reporter: asyncio.Task | None = None
         self._active: dict[str, str] = {}  # request id -> engine request id
+        self._last_load: ReplicaLoad | None = None  # as last delivered to the scheduler
 
     def _make_engine(self, spec: ReplicaSpec) -> Engine:
         if spec.kind == "simulated":
@@ -487,10 +498,12 @@ class EngineReplica:
             self._wake.clear()
             report, self._pending = self._pending, self._empty_report()
             report.load = self.load()
-            if not (report.has_events or report.tokens) and not self._active:
+            quiet = not (report.has_events or report.tokens) and not self._active
+            if quiet and report.load == self._last_load:
                 continue
             try:
                 await self._scheduler.report.remote(report)
+                self._last_load = report.load
             except Exception as exc:  # noqa: BLE001 - a scheduler hiccup must not kill the replica
                 logger.warning("report to the scheduler failed (%s); retrying", exc)
                 self._merge_back(report)
