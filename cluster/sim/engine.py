@@ -12,25 +12,13 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from cluster.config import EngineConfig
 from cluster.placement import ReplicaLoad
 from cluster.request import Request
 from cluster.scheduler import Dispatch
 from cluster.sim.kv_cache import KVBlockPool
-
-
-class StepTime(Protocol):
-    def step_seconds(
-        self,
-        prefill_tokens: int,
-        decode_seqs: int,
-        decode_context_tokens: int,
-        prefill_sq_tokens: int = 0,
-        prefill_ctx_tokens: int = 0,
-        num_prefills: int = 0,
-    ) -> float: ...
+from cluster.sim.step_time import StepTimeModel
 
 
 @dataclass(slots=True, eq=False)
@@ -68,7 +56,7 @@ class StepResult:
 
 class SimulatedEngine:
     def __init__(
-        self, replica_id: str, config: EngineConfig, step_time: StepTime, num_kv_blocks: int
+        self, replica_id: str, config: EngineConfig, step_time: StepTimeModel, num_kv_blocks: int
     ) -> None:
         self.replica_id = replica_id
         self.config = config
