@@ -21,7 +21,12 @@ HEADER = (
 
 
 def command_line() -> str:
-    return " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name, *sys.argv[1:]])
+    """How this benchmark was started, as a reader would type it from the repository root."""
+    script = Path(sys.argv[0])
+    start = (
+        f"python -m benchmarks.{script.stem}" if script.parent.name == "benchmarks" else script.name
+    )
+    return " ".join([start, *(shlex.quote(a) for a in sys.argv[1:])])
 
 
 def update_section(name: str, body: str, command: str | None = None, doc: Path = DOC) -> None:

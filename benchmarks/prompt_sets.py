@@ -1,0 +1,67 @@
+"""The prompt files the benchmarks read, made from ../shared/datasets on first use.
+
+Each file lives in runs/data (git-ignored: several sources are non-commercial) under the name
+`rankserve data convert --out runs/data ...` would give it. Splits are by prompt, 80/10/10,
+seed 0, as in docs/workloads.md, so every benchmark sees the same held-out prompts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from cluster.workload.datasets import convert, default_shared_dir, split_by_prompt
+from cluster.workload.prompts import write_prompt_file
+
+DATA = Path(__file__).resolve().parent.parent / "runs" / "data"
+SPLITS = {"train": 0.8, "val": 0.1, "test": 0.1}
+SEED = 0
+
+
+@dataclass(frozen=True)
+class Source:
+    dataset: str
+    model: str | None = None
+
+    @property
+    def stem(self) -> str:
+        return self.dataset + (f"_{self.model}" if self.model else "")
+
+
+GPTEACHER = Source("gpteacher")
+ARENA_GPT4 = Source("arena_hard", "gpt-4-0314")
+ARENA_GPT35 = Source("arena_hard", "gpt-3.5-turbo-0125")
+ARENA_O3_MINI = Source("arena_hard", "o3-mini-2025-01-31")
+ALPACA_GPT4 = Source("alpaca_eval", "gpt4")  # gpt-4-0314, the model of ARENA_GPT4
+ALPACA_GPT4_TURBO = Source("alpaca_eval", "gpt4_1106_preview")
+ALPACA_LLAMA3_8B = Source("alpaca_eval", "Meta-Llama-3-8B-Instruct")
+ALPACA_LLAMA3_70B = Source("alpaca_eval", "Meta-Llama-3-70B-Instruct")
+CODE_ALPACA = Source("code_alpaca")
+
+# The shipped models' training data: redistributable answers only (GPTeacher: MIT; arena-hard:
+# Apache-2.0 repo, GPT-4 answers under OpenAI's terms, as GPTeacher's are). AlpacaEval and Code
+# Alpaca are CC BY-NC and stay out of anything the repository ships.
+SHIPPED_TRAINING = (GPTEACHER, ARENA_GPT4)
+
+
+def prompt_file(source: Source, split: str | None = None) -> Path:
+    """Path of the source's prompt file (one split of it, or all of it), made if missing."""
+    path = DATA / (f"{source.stem}_{split}.jsonl" if split else f"{source.stem}.jsonl")
+    if path.is_file():
+        return path
+    shared = default_shared_dir()
+    if not shared.is_dir():
+        raise SystemExit(f"{path} is missing and so is {shared}, which it is made from")
+    records = convert(source.dataset, shared, model=source.model, keep_output=True, progress=False)
+    DATA.mkdir(parents=True, exist_ok=True)
+    if split is None:
+        write_prompt_file(path, records)
+    else:
+        for name, part in split_by_prompt(records, SPLITS, SEED).items():
+            write_prompt_file(DATA / f"{source.stem}_{name}.jsonl", part)
+    print(f"made {path} from {shared / source.dataset}")
+    return path
+
+
+def split_files(sources: tuple[Source, ...], *splits: str) -> list[Path]:
+    return [prompt_file(s, split) for s in sources for split in splits]
