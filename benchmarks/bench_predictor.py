@@ -2,15 +2,16 @@
 
   quality   Kendall tau of the ListMLE model and of the baselines (regression on log length,
             length-bucket classification, prompt-length heuristic), all trained the same way on
-            the GPTeacher training split, on every held-out data set; a train-on-one,
+            the shipped models' data (GPTeacher + arena-hard GPT-4 training splits), on every
+            held-out data set; a train-on-one,
             test-on-another table; and the shipped models' cards (--write-cards)
   actor     the shared predictor Ray actor under concurrent load: prompts/s and p50/p99
             latency at truncation 128, 256 and 512 tokens, and the tau each truncation costs
   finetune  frozen encoder vs fine-tuning it, within the 30-minute training budget
   train-time  wall time of `rankserve predictor train` on 10k prompts, cold cache
 
-Needs the prompt files of `rankserve data` in runs/data (from ../shared/datasets). Prints the
-figures and writes them to docs/benchmarks.md.
+Reads prompt files in runs/data, made from ../shared/datasets on first use
+(benchmarks/prompt_sets.py). Prints the figures and writes them to docs/benchmarks.md.
 
     python -m benchmarks.bench_predictor quality --write-cards
     python -m benchmarks.bench_predictor actor
@@ -28,6 +29,20 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.prompt_sets import (
+    ALPACA_GPT4_TURBO,
+    ALPACA_LLAMA3_8B,
+    ALPACA_LLAMA3_70B,
+    ARENA_GPT4,
+    ARENA_GPT35,
+    ARENA_O3_MINI,
+    CODE_ALPACA,
+    GPTEACHER,
+    SHIPPED_TRAINING,
+    Source,
+    prompt_file,
+    split_files,
+)
 from benchmarks.report import update_section
 from predictor_actor.embeddings import prompt_features
 from predictor_actor.evaluate import evaluate
@@ -35,70 +50,71 @@ from predictor_actor.heuristic import heuristic_scores
 from predictor_actor.metrics import kendall_tau_b
 from predictor_actor.model import DEFAULT_LENGTH_MODEL_DIR, DEFAULT_MODEL_DIR, RankingModel
 from predictor_actor.model_card import write_model_card
-from predictor_actor.records import LabelledPrompts, load_labelled, split_by_prompt
+from predictor_actor.records import LabelledPrompts, load_labelled
 from predictor_actor.train import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT / "runs" / "data"
 CACHE = ROOT / ".cache" / "rankserve"
 RUNS = ROOT / "runs" / "predictor"
 
-# name -> file in runs/data; the held-out sets every model is measured on
+# name -> (source, split): the held-out sets every model is measured on, each cut down to the
+# prompts the shipped models never saw (arena-hard v0.1 prompts are shared by its models)
 EVAL_SETS = {
-    "gpteacher (test split)": "gpteacher_test.jsonl",
-    "arena_hard gpt-3.5-turbo-0125": "arena_hard_gpt-3.5-turbo-0125.jsonl",
-    "arena_hard gpt-4-0314": "arena_hard_gpt-4-0314.jsonl",
-    "arena_hard o3-mini": "arena_hard_o3-mini-2025-01-31.jsonl",
-    "alpaca_eval Llama-3-8B-Instruct": "alpaca_eval_Meta-Llama-3-8B-Instruct.jsonl",
-    "alpaca_eval Llama-3-70B-Instruct": "alpaca_eval_Meta-Llama-3-70B-Instruct.jsonl",
-    "alpaca_eval gpt4_1106_preview": "alpaca_eval_gpt4_1106_preview.jsonl",
-    "code_alpaca": "code_alpaca.jsonl",
+    "gpteacher (test split)": (GPTEACHER, "test"),
+    "arena_hard gpt-4-0314 (test split)": (ARENA_GPT4, "test"),
+    "arena_hard gpt-3.5-turbo-0125": (ARENA_GPT35, None),
+    "arena_hard o3-mini": (ARENA_O3_MINI, None),
+    "alpaca_eval Llama-3-8B-Instruct": (ALPACA_LLAMA3_8B, None),
+    "alpaca_eval Llama-3-70B-Instruct": (ALPACA_LLAMA3_70B, None),
+    "alpaca_eval gpt4_1106_preview": (ALPACA_GPT4_TURBO, None),
+    "code_alpaca": (CODE_ALPACA, None),
 }
-# data sets for the cross-dataset table: name -> (file, whether it has its own train/test files)
+# data sets of the train-on-one, test-on-another table
 CROSS_SETS = {
-    "gpteacher": "gpteacher",
-    "arena_hard (gpt-4-0314)": "arena_hard_gpt-4-0314.jsonl",
-    "alpaca_eval (Llama-3-8B)": "alpaca_eval_Meta-Llama-3-8B-Instruct.jsonl",
-    "code_alpaca": "code_alpaca.jsonl",
+    "gpteacher": GPTEACHER,
+    "arena_hard (gpt-4-0314)": ARENA_GPT4,
+    "alpaca_eval (Llama-3-8B)": ALPACA_LLAMA3_8B,
+    "code_alpaca": CODE_ALPACA,
 }
 LOSSES = ("listmle", "regression", "classification")
 
 
-def _load(name: str) -> LabelledPrompts:
-    path = DATA / name
-    if not path.is_file():
-        raise SystemExit(
-            f"{path} is missing: run `rankserve data` first (needs ../shared/datasets)"
-        )
-    return load_labelled([path])
+def _load(source: Source, split: str | None = None) -> LabelledPrompts:
+    return load_labelled([prompt_file(source, split)])
+
+
+def _load_all(sources: tuple[Source, ...], split: str) -> LabelledPrompts:
+    return load_labelled(split_files(sources, split))
+
+
+def _unseen(data: LabelledPrompts, seen: set[str]) -> LabelledPrompts:
+    return data.subset(np.array([i for i, p in enumerate(data.prompts) if p not in seen], int))
 
 
 def _fmt(x: float) -> str:
     return "n/a" if x != x else f"{x:.3f}"
 
 
-def _train_split(name: str) -> tuple[LabelledPrompts, LabelledPrompts]:
-    """(train, test) of a cross-table data set, split by prompt."""
-    if name == "gpteacher":
-        return _load("gpteacher_train.jsonl"), _load("gpteacher_test.jsonl")
-    data = _load(name)
-    keep, test = split_by_prompt(data, 0.2, salt="cross-dataset test")
-    return data.subset(keep), data.subset(test)
+def _train_split(source: Source) -> tuple[LabelledPrompts, LabelledPrompts]:
+    """(train, val + test) of a cross-table data set: 80% / 20% of its prompts."""
+    return _load(source, "train"), load_labelled(split_files((source,), "val", "test"))
 
 
 def quality(write_cards: bool) -> None:
     t0 = time.monotonic()
-    train_data, val_data = _load("gpteacher_train.jsonl"), _load("gpteacher_val.jsonl")
-    evals = {name: _load(f) for name, f in EVAL_SETS.items()}
+    train_files = split_files(SHIPPED_TRAINING, "train")
+    train_data = load_labelled(train_files)
+    val_data = _load_all(SHIPPED_TRAINING, "val")
+    seen = set(train_data.prompts) | set(val_data.prompts)
+    evals = {name: _unseen(_load(*where), seen) for name, where in EVAL_SETS.items()}
     models: dict[str, RankingModel] = {}
     for loss in LOSSES:
-        out = RUNS / f"gpteacher-{loss}"
         models[loss] = train(
             train_data,
-            out,
+            RUNS / f"shipped-{loss}",
             TrainConfig(loss=loss),
             cache_dir=CACHE,
-            data_names=["gpteacher_train.jsonl"],
+            data_names=[f.name for f in train_files],
             val_data=val_data,
         )
         print(f"trained {loss}: val tau {models[loss].config.training['val_kendall_tau']:.3f}")
@@ -108,12 +124,14 @@ def quality(write_cards: bool) -> None:
     }
 
     lines = [
-        "Models trained on the GPTeacher training split (GPT-4 answers, 11,305 prompts; epoch "
-        "chosen on the validation split), frozen all-MiniLM-L6-v2 features (the first of its 6 "
+        f"Models trained on the training splits of GPTeacher and arena-hard (GPT-4 answers; "
+        f"{len(train_data):,} prompts; epoch chosen on their validation splits, "
+        f"{len(val_data):,} prompts), frozen all-MiniLM-L6-v2 features (the first of its 6 "
         "layers: the default, about as good here and ~3x faster), truncation 256, "
         "the same head and schedule for every loss. Kendall tau-b over the whole held-out file "
-        "(in brackets: mean tau over random lists of 32). Every set is held out by prompt; "
-        "only the GPTeacher test split is in the training distribution. Lengths in tokens of the "
+        "(in brackets: mean tau over random lists of 32). Every set is held out by prompt: rows "
+        "whose prompt was trained on or validated on are dropped (n counts what is left); only "
+        "the two test splits are in the training distribution. Lengths in tokens of the "
         "project tokenizer.",
         "",
         "| held-out set | n | ListMLE | regression (log length) | classification (8 buckets) "
@@ -151,9 +169,9 @@ def quality(write_cards: bool) -> None:
             table[tr_name, te_name] = evaluate(model, te, cache_dir=CACHE)["kendall_tau"]
     names = list(CROSS_SETS)
     lines = [
-        "ListMLE models, each trained on one data set (GPTeacher: its training split; the others: "
-        "80% of their prompts, 10% of which choose the epoch), tested on the held-out prompts of "
-        "each (GPTeacher: its test split; the others: the other 20%). Kendall tau-b; diagonal = "
+        "ListMLE models, each trained on the training split of one data set (80% of its prompts, "
+        "10% of which choose the epoch), tested on the held-out prompts of each (its validation "
+        "and test splits, the other 20%). Kendall tau-b; diagonal = "
         "in-distribution. Last row: the prompt-length heuristic.",
         "",
         "| trained on \\ tested on | "
@@ -196,24 +214,32 @@ def quality(write_cards: bool) -> None:
 _CARD_NOTES = """## Notes
 
 - Licence of the training data: GPTeacher (teknium1/GPTeacher, MIT; GPT-4 outputs, OpenAI terms
-  apply). No non-commercial data (alpaca_eval, code_alpaca) was used for training; those sets and
-  arena_hard are used for evaluation only.
-- GPTeacher prompts are self-instruct style (GPT-4 wrote prompts and answers); real user
-  traffic differs, so retrain on your own request log (docs/predictor.md) for your model.
-- Reproduce: `python -m benchmarks.bench_predictor quality --write-cards` (after
-  `rankserve data`), or `rankserve predictor train --data runs/data/gpteacher_train.jsonl
-  --val runs/data/gpteacher_val.jsonl --out DIR`."""
+  apply) and arena-hard (lm-sys/arena-hard-auto, Apache-2.0; prompts from Chatbot Arena users,
+  gpt-4-0314 answers under OpenAI's terms). No non-commercial data (alpaca_eval, code_alpaca) was
+  used for training; those sets are used for evaluation only.
+- GPTeacher prompts are self-instruct style (GPT-4 wrote prompts and answers); the arena-hard
+  prompts are real user questions, which is why they are in: they make the ranking transfer
+  better to real traffic. Still, retrain on your own request log (docs/predictor.md) for your
+  model.
+- Reproduce: `python -m benchmarks.bench_predictor quality --write-cards` (makes the prompt
+  files in runs/data from ../shared/datasets), or `rankserve predictor train --data
+  runs/data/gpteacher_train.jsonl runs/data/arena_hard_gpt-4-0314_train.jsonl --val
+  runs/data/gpteacher_val.jsonl runs/data/arena_hard_gpt-4-0314_val.jsonl --out DIR`."""
 
 
 TRUNCATIONS = (128, 256, 512)
 # (truncation, int8 quantization (None: as the model was trained), prompts per encoder chunk)
 # served by the actor; chunk 64 = the whole batch in one padded forward pass
 VARIANTS = ((128, None, 16), (256, None, 16), (512, None, 16), (256, True, 16), (256, None, 64))
-LOAD_SETS = {  # prompts sent to the actor: the training distribution, and long real user prompts
-    "gpteacher test split": "gpteacher_test.jsonl",
-    "arena_hard gpt-4-0314": "arena_hard_gpt-4-0314.jsonl",
+LOAD_SETS = {  # prompts sent to the actor: self-instruct prompts, and long real user prompts
+    "gpteacher test split": (GPTEACHER, "test"),
+    "arena_hard gpt-4-0314": (ARENA_GPT4, None),
 }
-TAU_SETS = ("gpteacher (test split)", "arena_hard gpt-4-0314", "alpaca_eval Llama-3-8B-Instruct")
+TAU_SETS = (
+    "gpteacher (test split)",
+    "arena_hard gpt-4-0314 (test split)",
+    "alpaca_eval Llama-3-8B-Instruct",
+)
 
 
 async def _closed_loop(actor, prompts: list[str], concurrency: int) -> tuple[float, np.ndarray]:
@@ -254,7 +280,7 @@ def actor_bench(
         int8 = trained.quantize if quantize is None else quantize
         return f"{'int8' if int8 else 'fp32'}, {trained.layers} layer{'s' if trained.layers > 1 else ''}"
 
-    load_sets = {name: _load(f).prompts for name, f in LOAD_SETS.items()}
+    load_sets = {name: _load(*where).prompts for name, where in LOAD_SETS.items()}
     rows = []
     ray.init(
         address="local",
@@ -303,7 +329,7 @@ def actor_bench(
         ray.shutdown()
 
     # tau of the shipped model served at each truncation (and quantized)
-    evals = {name: _load(EVAL_SETS[name]) for name in TAU_SETS}
+    evals = {name: _load(*EVAL_SETS[name]) for name in TAU_SETS}
     taus = {}
     for length, quantize in dict.fromkeys((n, q) for n, q, _ in VARIANTS):
         enc = replace(
@@ -361,8 +387,8 @@ def finetune(minutes: float, prompts: int, max_length: int, encoder_lr: float) -
     from predictor_actor.head import listmle_loss
     from predictor_actor.text import clean_prompt
 
-    train_data, val_data = _load("gpteacher_train.jsonl"), _load("gpteacher_val.jsonl")
-    test_data = _load("gpteacher_test.jsonl")
+    train_data, val_data = _load(GPTEACHER, "train"), _load(GPTEACHER, "val")
+    test_data = _load(GPTEACHER, "test")
     rng = np.random.default_rng(0)
     train_data = train_data.subset(rng.permutation(len(train_data))[:prompts])
     frozen = RankingModel.load(DEFAULT_MODEL_DIR)
@@ -450,7 +476,7 @@ def train_time(prompts: int) -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "train.jsonl"
-        src = (DATA / "gpteacher_train.jsonl").read_text().splitlines()[:prompts]
+        src = prompt_file(GPTEACHER, "train").read_text().splitlines()[:prompts]
         data.write_text("\n".join(src) + "\n")
         cmd = [
             "rankserve",
@@ -470,7 +496,7 @@ def train_time(prompts: int) -> None:
     lines = [
         f"`rankserve predictor train` on the first {len(src)} prompts of the GPTeacher training "
         "split, cold embedding cache, default settings (ListMLE, truncation 256, 40 epochs), "
-        "2 shared CPU cores (other jobs running).",
+        "2 CPU cores, no other job running; total wall includes starting the CLI.",
         "",
         "| prompts | encoding (s) | training (s) | total wall (s) | validation tau |",
         "|---:|---:|---:|---:|---:|",
