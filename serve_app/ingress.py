@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict
 from typing import Any
 
@@ -233,27 +233,28 @@ class Ingress:
 
     @api.post("/v1/completions")
     async def completions(self, request: Request) -> Any:
-        try:
-            body = oa.parse_body(await request.body(), oa.CompletionBody)
-            inp = self._completion_input(body)
-        except oa.APIError as e:
-            return _error(e)
-        record = GenerationRecord(prompt_tokens=len(inp.prompt_token_ids))
-        if body.stream:
-            return self._sse(inp, record, body, chat=False)
-        return await self._unary(inp, record, body, chat=False)
+        return await self._generate(request, oa.CompletionBody, self._completion_input, chat=False)
 
     @api.post("/v1/chat/completions")
     async def chat_completions(self, request: Request) -> Any:
+        return await self._generate(request, oa.ChatBody, self._chat_input, chat=True)
+
+    async def _generate(
+        self,
+        request: Request,
+        body_type: type[oa._Body],
+        to_input: Callable[[Any], GenerationInput],
+        chat: bool,
+    ) -> Any:
         try:
-            body = oa.parse_body(await request.body(), oa.ChatBody)
-            inp = self._chat_input(body)
+            body = oa.parse_body(await request.body(), body_type)
+            inp = to_input(body)
         except oa.APIError as e:
             return _error(e)
         record = GenerationRecord(prompt_tokens=len(inp.prompt_token_ids))
         if body.stream:
-            return self._sse(inp, record, body, chat=True)
-        return await self._unary(inp, record, body, chat=True)
+            return self._sse(inp, record, body, chat=chat)
+        return await self._unary(inp, record, body, chat=chat)
 
     async def _unary(
         self, inp: GenerationInput, record: GenerationRecord, body: oa._Body, chat: bool

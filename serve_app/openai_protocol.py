@@ -157,14 +157,7 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
 def completion_response(
     rid: str, model: str, text: str, finish: str | None, prompt_tokens: int, n_tokens: int
 ) -> dict[str, Any]:
-    return {
-        "id": rid,
-        "object": "text_completion",
-        "created": int(time.time()),
-        "model": model,
-        "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}],
-        "usage": usage(prompt_tokens, n_tokens),
-    }
+    return {**completion_chunk(rid, model, text, finish), "usage": usage(prompt_tokens, n_tokens)}
 
 
 def completion_chunk(rid: str, model: str, text: str, finish: str | None) -> dict[str, Any]:

@@ -13,23 +13,9 @@ FIXTURE = Path(__file__).parent / "data" / "predictor" / "gpteacher_sample.jsonl
 
 def test_train_then_eval(tmp_path, capsys):
     out, cache = tmp_path / "model", tmp_path / "cache"
-    rc = main(
-        [
-            "predictor",
-            "train",
-            "--data",
-            str(FIXTURE),
-            "--out",
-            str(out),
-            "--epochs",
-            "6",
-            "--max-length",
-            "64",
-            "--cache-dir",
-            str(cache),
-        ]
-    )
-    assert rc == 0
+    train_args = ["predictor", "train", "--data", str(FIXTURE), "--out", str(out)]
+    train_args += ["--epochs", "6", "--max-length", "64", "--cache-dir", str(cache)]
+    assert main(train_args) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["prompts"] == 240 and summary["loss"] == "listmle"
     assert {p.name for p in out.iterdir()} >= {
@@ -39,24 +25,7 @@ def test_train_then_eval(tmp_path, capsys):
         "checkpoint.pt",
     }
     # resuming a finished run trains no further and writes the same model
-    rc = main(
-        [
-            "predictor",
-            "train",
-            "--data",
-            str(FIXTURE),
-            "--out",
-            str(out),
-            "--epochs",
-            "6",
-            "--max-length",
-            "64",
-            "--cache-dir",
-            str(cache),
-            "--resume",
-        ]
-    )
-    assert rc == 0
+    assert main([*train_args, "--resume"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == summary
 
     rc = main(
