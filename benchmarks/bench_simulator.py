@@ -283,7 +283,7 @@ def predictor(seeds: int) -> None:
         PredictorCase(
             "Shipped models, GPTeacher alone",
             "Held-out GPTeacher prompts only: GPT-4's answers to them are short and narrowly "
-            "spread (median 34 tokens), so even the oracle gains little over fcfs.",
+            "spread (median 34 tokens), so even the oracle stays under 2x fcfs.",
             held_out((GPTEACHER,)),
         ),
         PredictorCase(
