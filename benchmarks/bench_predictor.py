@@ -44,10 +44,10 @@ from benchmarks.prompt_sets import (
     split_files,
 )
 from benchmarks.report import update_section
+from cluster.rank_agreement import kendall_tau_b
 from predictor_actor.embeddings import prompt_features
 from predictor_actor.evaluate import evaluate
 from predictor_actor.heuristic import heuristic_scores
-from predictor_actor.metrics import kendall_tau_b
 from predictor_actor.model import DEFAULT_LENGTH_MODEL_DIR, DEFAULT_MODEL_DIR, RankingModel
 from predictor_actor.model_card import write_model_card
 from predictor_actor.records import LabelledPrompts, load_labelled

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
+from cluster.rank_agreement import kendall_tau_b, mean_list_tau, spearman
 from predictor_actor.embeddings import prompt_features
 from predictor_actor.heuristic import heuristic_scores
-from predictor_actor.metrics import kendall_tau_b, mean_list_tau, spearman
 from predictor_actor.model import RankingModel
 from predictor_actor.records import LabelledPrompts
 

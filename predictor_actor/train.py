@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from cluster.rank_agreement import kendall_tau_b, mean_list_tau
 from predictor_actor.embeddings import prompt_features
 from predictor_actor.encoder import ENCODER_NAME, EncoderConfig
 from predictor_actor.head import (
@@ -27,7 +28,6 @@ from predictor_actor.head import (
     listmle_loss,
     regression_loss,
 )
-from predictor_actor.metrics import kendall_tau_b, mean_list_tau
 from predictor_actor.model import ModelConfig, RankingModel, fit_calibration
 from predictor_actor.records import LabelledPrompts, split_by_prompt
 

@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 
-from predictor_actor.metrics import kendall_tau_b
+from cluster.rank_agreement import kendall_tau_b
 from predictor_actor.model import DEFAULT_LENGTH_MODEL_DIR, DEFAULT_MODEL_DIR, RankingModel
 from predictor_actor.records import load_labelled
 from predictor_actor.scoring import predict_lengths, score_prompts

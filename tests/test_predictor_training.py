@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
+from cluster.rank_agreement import kendall_tau_b
 from predictor_actor.head import listmle_loss
-from predictor_actor.metrics import kendall_tau_b
 from predictor_actor.train import TrainConfig, fit_head
 
 

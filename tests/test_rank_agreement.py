@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from predictor_actor.metrics import kendall_tau_b, mean_list_tau, spearman
+from cluster.rank_agreement import kendall_tau_b, mean_list_tau, spearman
 
 
 @pytest.mark.parametrize("n", [2, 3, 7, 50, 500])
