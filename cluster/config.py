@@ -43,6 +43,9 @@ class SchedulerConfig:
     max_engine_waiting: int = 0
     # Tokens per dispatch (slice); None runs a request to completion on one replica.
     slice_tokens: int | None = None
+    # Finished answers over which the live ranking quality (scores vs produced lengths) is
+    # measured for the status.
+    rank_quality_window: int = 1000
 
 
 @dataclass(frozen=True, slots=True)

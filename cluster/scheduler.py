@@ -11,6 +11,7 @@ from cluster.clock import Clock
 from cluster.config import SchedulerConfig
 from cluster.placement import ReplicaLoad, ReplicaView, choose_replica, has_any_slot
 from cluster.policies import make_queue
+from cluster.rank_quality import RankQualityMonitor
 from cluster.request import Request, RequestState
 
 _INT64_MAX = 2**62
@@ -58,6 +59,7 @@ class Scheduler:
         self._failed = 0
         self._slices = 0
         self._rejected: list[Request] = []
+        self.rank_quality = RankQualityMonitor(config.rank_quality_window)
 
     # ---- replicas -------------------------------------------------------------------------
 
@@ -193,6 +195,7 @@ class Scheduler:
         request.finish_time = self.clock.now()
         self._release(request)
         self._finished += 1
+        self.rank_quality.record(request)
 
     def on_failed(self, request_id: str, error: str) -> None:
         request = self.get(request_id)

@@ -21,6 +21,7 @@ from cluster.clock import WallClock
 from cluster.config import PolicyConfig, SchedulerConfig
 from cluster.engine_replica import EngineReplica, ReplicaInfo, ReplicaReport, ReplicaSpec
 from cluster.placement import ReplicaLoad
+from cluster.rank_quality import RankQuality
 from cluster.request import Request
 from cluster.scheduler import Scheduler, UnknownRequest
 
@@ -66,6 +67,7 @@ class ClusterStatus:
     failed: int
     rounds: int
     replicas: list[ReplicaStatus]
+    rank_quality: RankQuality
 
     @property
     def ready(self) -> bool:
@@ -313,6 +315,8 @@ class SchedulerActor:
             self._earlier[1] + old.failed,
             self._earlier[2] + old.rounds,
         )
+        if config.rank_quality_window == self.config.rank_quality_window:
+            core.rank_quality = self._core.rank_quality  # one window across policy changes
         self.config = config
         self._core = core
 
@@ -345,6 +349,7 @@ class SchedulerActor:
             self._earlier[1] + stats.failed,
             self._earlier[2] + stats.rounds,
             replicas,
+            self._core.rank_quality.summary(),
         )
 
     async def shutdown(self) -> None:

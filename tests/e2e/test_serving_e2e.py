@@ -103,6 +103,8 @@ def test_models_health_ready(http):
     assert http.get("/health").json() == {"status": "ok"}
     ready = http.get("/ready")
     assert ready.status_code == 200 and ready.json()["replicas_up"] == 2
+    quality = _status(http)["rank_quality"]  # live ranking quality (tests/test_rank_quality.py)
+    assert quality["window"] == 1000 and 0 <= quality["samples"] <= 1000
 
 
 def test_completion_unary(http):
