@@ -7,12 +7,15 @@
            at three loads on 4 replicas (needs ../shared/datasets)
   predictor  ltr and ssjf driven by trained predictors on bursts of held-out prompts, against
            fcfs and oracle (needs ../shared/datasets)
+  routing  the global queue against Ray Serve's default power-of-two routing on 4 replicas
+           (needs ../shared/datasets)
 
 Prints the figures and writes them to docs/benchmarks.md.
 
     python -m benchmarks.bench_simulator speed
     python -m benchmarks.bench_simulator results
     python -m benchmarks.bench_simulator predictor
+    python -m benchmarks.bench_simulator routing
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from benchmarks.prompt_sets import (
     split_files,
 )
 from benchmarks.report import update_section
-from cluster.config import EngineConfig, PolicyConfig, SchedulerConfig
+from cluster.config import ROUTINGS, EngineConfig, PolicyConfig, SchedulerConfig
 from cluster.sim.report import plot_cdfs
 from cluster.sim.simulator import SimulationConfig, SimulationResult, simulate
 from cluster.sim.step_time import load_profile
@@ -344,15 +347,100 @@ def predictor(seeds: int) -> None:
     )
 
 
+def routing(seeds: int) -> None:
+    """The global queue against Ray Serve's default routing (power of two choices, each replica
+    queuing for itself), same engines, same workloads, same policies."""
+    shared = default_shared_dir()
+    if not shared.is_dir():
+        raise SystemExit(f"routing needs the data sets in {shared}")
+    from cluster.workload.prompts import read_prompt_file
+
+    def run_routed(items: list[WorkloadItem], policy: str, how: str, seed: int) -> SimulationResult:
+        config = SimulationConfig(
+            SchedulerConfig(policy=PolicyConfig(name=policy), routing=how, routing_seed=seed),
+            EngineConfig(),
+            load_profile("a100-llama3-8b"),
+            replicas=4,
+        )
+        return simulate(items, config)
+
+    held_out = [
+        r for f in split_files(SHIPPED_TRAINING, "val", "test") for r in read_prompt_file(f)
+    ]
+    trace = f"trace:{shared / AZURE_CONV}"
+    cases = [
+        (
+            "8,000-request burst of held-out GPTeacher + arena-hard prompts (GPT-4 answers), "
+            "ltr scored by the shipped model",
+            lambda seed: with_predictor(
+                build_workload(held_out, "burst", 8000, seed=seed, max_output_tokens=2048),
+                None,
+                None,
+            ),
+            ("fcfs", "ltr", "oracle"),
+        ),
+        *(
+            (
+                f"Azure 2023 conversation trace at {rate:g} req/s ({label}), first 5,000 "
+                "requests, lengths from the trace, ssjf fed the true lengths",
+                lambda seed, rate=rate: true_lengths(
+                    build_workload(
+                        None, trace, 5000, seed=seed, target_rate=rate, lengths_from_trace=True
+                    )
+                ),
+                ("fcfs", "ssjf", "oracle"),
+            )
+            for label, rate in (("near capacity", 22.0), ("overloaded", 40.0))
+        ),
+    ]
+    body = [
+        "4 replicas, a100-llama3-8b, vLLM defaults (256 sequences, 2,048 batched tokens). "
+        "`global`: rankserve's one cluster-wide queue, dispatched in policy order to the least "
+        "KV-loaded replica with a free slot. `power_of_two`: Ray Serve's default router, the "
+        "baseline: each request goes at once to the less busy (fewer requests) of two random "
+        "replicas, whose vLLM engine queues it and admits by the dispatched priority, so the "
+        "policy still orders each replica's own queue. Mean per-token latency (s/token), mean "
+        f"over {seeds} seeds (workload draw and routing choices); in brackets p99 max wait (s), "
+        "the LTR paper's fairness metric, and last the ratio power_of_two / global.",
+    ]
+    for title, make, policies in cases:
+        ptl: dict[tuple[str, str], list[float]] = {}
+        wait: dict[tuple[str, str], list[float]] = {}
+        for seed in range(seeds):
+            items = make(seed)
+            for policy in policies:
+                for how in ROUTINGS:
+                    m = run_routed(items, policy, how, seed).metrics
+                    ptl.setdefault((policy, how), []).append(m.per_token_latency_s.mean)
+                    wait.setdefault((policy, how), []).append(m.max_wait_s.p99)
+        rows = [
+            "| policy | global | power_of_two (Ray Serve default) | power_of_two / global |",
+            "|---|---:|---:|---:|",
+        ]
+        for policy in policies:
+            g, p = np.mean(ptl[policy, "global"]), np.mean(ptl[policy, "power_of_two"])
+            gw, pw = np.mean(wait[policy, "global"]), np.mean(wait[policy, "power_of_two"])
+            rows.append(f"| {policy} | {g:.4f} ({gw:.1f}) | {p:.4f} ({pw:.1f}) | **{p / g:.2f}** |")
+            print(f"{title[:40]} {policy}: global {g:.4f}, power_of_two {p:.4f}")
+        body += ["", f"### {title}", "", *rows]
+    update_section(
+        "simulator-routing",
+        "\n".join(body),
+        f"python -m benchmarks.bench_simulator routing --seeds {seeds}",
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("which", choices=["speed", "results", "predictor"])
+    parser.add_argument("which", choices=["speed", "results", "predictor", "routing"])
     parser.add_argument(
-        "--seeds", type=int, default=5, help="predictor: bursts per case (default 5)"
+        "--seeds", type=int, default=None, help="runs per case (predictor: 5, routing: 3)"
     )
     args = parser.parse_args()
     if args.which == "predictor":
-        predictor(args.seeds)
+        predictor(args.seeds or 5)
+    elif args.which == "routing":
+        routing(args.seeds or 3)
     else:
         {"speed": speed, "results": results}[args.which]()
 

@@ -8,6 +8,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 POLICIES = ("fcfs", "oracle", "ltr", "ssjf", "hrrn")
+# global: the scheduler holds the only long queue and dispatches in its order to replicas with
+# headroom (rankserve). power_of_two: Ray Serve's default router, the baseline: each request
+# goes at once to the less busy of two random replicas, which queues it itself (vLLM orders its
+# waiting requests by the dispatched priority, so a policy still orders each replica's queue).
+ROUTINGS = ("global", "power_of_two")
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +51,14 @@ class SchedulerConfig:
     # Finished answers over which the live ranking quality (scores vs produced lengths) is
     # measured for the status.
     rank_quality_window: int = 1000
+    routing: str = "global"
+    routing_seed: int = 0  # power_of_two's random choices
+
+    def __post_init__(self) -> None:
+        if self.routing not in ROUTINGS:
+            raise ValueError(
+                f"unknown routing {self.routing!r}; choose one of {', '.join(ROUTINGS)}"
+            )
 
 
 @dataclass(frozen=True, slots=True)

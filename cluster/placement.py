@@ -1,8 +1,10 @@
 """Which replica gets a request: one with headroom (a running slot and enough free KV blocks),
-the least KV-loaded first, so that KV pressure stays balanced across the cluster."""
+the least KV-loaded first, so that KV pressure stays balanced across the cluster. Also the
+baseline it is measured against, Ray Serve's power-of-two-choices routing."""
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 
 
@@ -76,3 +78,20 @@ def choose_replica(
 
 def has_any_slot(replicas: list[ReplicaView], max_engine_waiting: int) -> bool:
     return any(len(v.assigned) < v.max_num_seqs + max_engine_waiting for v in replicas)
+
+
+def choose_power_of_two(
+    replicas: list[ReplicaView], tokens: int, headroom_fraction: float, rng: random.Random
+) -> ReplicaView | None:
+    """Of two replicas drawn at random, the one with fewer requests assigned (running or queued
+    there): Ray Serve's default. No headroom check: the replica queues what it cannot run yet.
+    None when no replica's cache could ever hold `tokens`."""
+    usable = [
+        v
+        for v in replicas
+        if v.blocks_for(tokens + 1) <= (1 - headroom_fraction) * v.total_kv_blocks
+    ]
+    if not usable:
+        return None
+    picked = rng.sample(usable, min(2, len(usable)))
+    return min(picked, key=lambda v: len(v.assigned))

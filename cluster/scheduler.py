@@ -5,11 +5,18 @@ simulator both host this same class."""
 from __future__ import annotations
 
 import itertools
+import random
 from dataclasses import dataclass
 
 from cluster.clock import Clock
 from cluster.config import SchedulerConfig
-from cluster.placement import ReplicaLoad, ReplicaView, choose_replica, has_any_slot
+from cluster.placement import (
+    ReplicaLoad,
+    ReplicaView,
+    choose_power_of_two,
+    choose_replica,
+    has_any_slot,
+)
 from cluster.policies import make_queue
 from cluster.rank_quality import RankQualityMonitor
 from cluster.request import Request, RequestState
@@ -60,6 +67,7 @@ class Scheduler:
         self._slices = 0
         self._rejected: list[Request] = []
         self.rank_quality = RankQualityMonitor(config.rank_quality_window)
+        self._routing_rng = random.Random(config.routing_seed)
 
     # ---- replicas -------------------------------------------------------------------------
 
@@ -114,9 +122,14 @@ class Scheduler:
         """One round: walk the queue in policy order and place each request on the least
         KV-loaded replica with room, until none has room for the next one. Strict order: a
         request that fits nowhere now stops the round rather than being overtaken; one that
-        could never fit on any replica fails (see `take_rejected`) instead of stalling all."""
+        could never fit on any replica fails (see `take_rejected`) instead of stalling all.
+        With power_of_two routing every queued request is sent at once (see config.ROUTINGS)."""
         replicas = list(self._replicas.values())
-        if not self.queue or not has_any_slot(replicas, self.config.max_engine_waiting):
+        config = self.config
+        routed = config.routing == "power_of_two"  # the baseline: replicas queue for themselves
+        if not self.queue or not replicas:
+            return []
+        if not routed and not has_any_slot(replicas, config.max_engine_waiting):
             return []
         now = self.clock.now()
         self.queue.begin_round(now)
@@ -124,9 +137,14 @@ class Scheduler:
         rejected: list[Request] = []
         for request in self.queue.ordered(now):
             context = request.prompt_tokens + request.generated
-            view = choose_replica(
-                replicas, context, self.config.kv_headroom_fraction, self.config.max_engine_waiting
-            )
+            if routed:
+                view = choose_power_of_two(
+                    replicas, context, config.kv_headroom_fraction, self._routing_rng
+                )
+            else:
+                view = choose_replica(
+                    replicas, context, config.kv_headroom_fraction, config.max_engine_waiting
+                )
             if view is not None:
                 dispatches.append(self._dispatch(request, view, now))
             elif self._fits_nowhere(replicas, context):

@@ -328,3 +328,43 @@ def test_preemption_report_keeps_the_request_on_its_replica():
     assert sum(r.num_preemptions for r in reqs) == engine.preemptions > 0
     assert all(r.num_dispatches == 1 for r in reqs)  # recomputed where it was, not requeued
     ledger.assert_drained()
+
+
+# ---- the baseline: Ray Serve's power-of-two-choices routing ---------------------------------
+
+
+def test_power_of_two_sends_everything_at_once_to_the_less_busy_of_two_random_replicas():
+    def run(seed: int) -> list[tuple[str, str]]:
+        sched, _ = scheduler("ltr", routing="power_of_two", routing_seed=seed)
+        for rid in ("a", "b", "c"):
+            sched.add_replica(rid, max_num_seqs=2, total_kv_blocks=1000, block_size=16)
+        for i in range(12):
+            sched.submit(request(f"q{i}", score=float(-i)))  # q11 ranks first
+        dispatches = sched.schedule()
+        # the priority still follows the policy: each replica's own queue runs in rank order
+        assert [d.request.request_id for d in dispatches] == [f"q{i}" for i in range(11, -1, -1)]
+        assert [d.priority for d in dispatches] == sorted(d.priority for d in dispatches)
+        assert sched.stats().queued == 0 and sched.schedule() == []
+        return [(d.request.request_id, d.replica_id) for d in dispatches]
+
+    placed = run(seed=0)
+    # beyond max_num_seqs (the replicas queue for themselves), and balanced by request count:
+    # of two picks the one with fewer requests, so no replica gets 2 more than another
+    counts = {rid: sum(r == rid for _, r in placed) for rid in ("a", "b", "c")}
+    assert sum(counts.values()) == 12 and max(counts.values()) - min(counts.values()) <= 2
+    assert run(seed=0) == placed  # deterministic for a seed
+    assert any(run(seed) != placed for seed in range(1, 6))  # and the choice is random
+
+
+def test_power_of_two_still_fails_a_request_no_replica_could_ever_hold():
+    sched, _ = scheduler(routing="power_of_two", kv_headroom_fraction=0.0)
+    sched.add_replica("a", max_num_seqs=4, total_kv_blocks=10, block_size=16)
+    sched.submit(request("huge", prompt=16 * 10))
+    sched.submit(request("ok", prompt=16))
+    assert [d.request.request_id for d in sched.schedule()] == ["ok"]
+    assert [r.request_id for r in sched.take_rejected()] == ["huge"]
+
+
+def test_unknown_routing_is_refused():
+    with pytest.raises(ValueError, match="routing"):
+        SchedulerConfig(routing="random")

@@ -269,3 +269,13 @@ def test_sanity_bar_oracle_beats_fcfs_on_the_demo_prompts(capsys):
     fcfs, oracle = json_lines(out)
     assert fcfs["completions"] == oracle["completions"] == 300
     assert oracle["per_token_latency_s"]["mean"] < fcfs["per_token_latency_s"]["mean"]
+
+
+def test_routing_baseline_runs_on_the_same_workload(capsys, prompt_file):
+    rc, out, _ = simulate(
+        capsys, "--prompts", str(prompt_file), "--replicas", "3", "--routing", "power_of_two"
+    )
+    assert rc == 0
+    assert out.splitlines()[0].endswith(", routing power_of_two")
+    rows = [line.split() for line in out.splitlines()[3:]]
+    assert [row[:2] for row in rows] == [["fcfs", str(N)], ["oracle", str(N)]]

@@ -1,5 +1,5 @@
 """Whole simulations: every request finishes exactly once with exactly its tokens, for every
-policy, with and without slices, on one or several replicas; KV blocks are conserved after
+policy, with and without slices, on one or several replicas, with either routing; KV blocks are conserved after
 every engine step; stop conditions; determinism."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 
-from cluster.config import POLICIES, EngineConfig, PolicyConfig, SchedulerConfig
+from cluster.config import POLICIES, ROUTINGS, EngineConfig, PolicyConfig, SchedulerConfig
 from cluster.request import RequestState
 from cluster.sim.simulator import SimulationConfig, SimulationResult, simulate
 from cluster.sim.step_time import load_profile
@@ -61,6 +61,7 @@ def config(
     starvation_threshold: int = 200,
     priority_quantum: int = 10,
     policy_options: dict | None = None,
+    routing: str = "global",
     **kw,
 ) -> SimulationConfig:
     policy_config = PolicyConfig(
@@ -70,7 +71,7 @@ def config(
         **(policy_options or {}),
     )
     return SimulationConfig(
-        SchedulerConfig(policy=policy_config, slice_tokens=slice_tokens),
+        SchedulerConfig(policy=policy_config, slice_tokens=slice_tokens, routing=routing),
         EngineConfig(
             max_num_seqs=max_num_seqs,
             max_num_batched_tokens=max_num_batched_tokens,
@@ -102,14 +103,16 @@ def assert_conserved(items: list[WorkloadItem], result: SimulationResult, ledger
     assert ledger.reacquired == ledger.preempted  # every preempted request came back
 
 
+@pytest.mark.parametrize("routing", ROUTINGS)
 @pytest.mark.parametrize("replicas", [1, 3])
 @pytest.mark.parametrize("slice_tokens", [None, 16])
 @pytest.mark.parametrize("policy", POLICIES)
-def test_conservation(policy, slice_tokens, replicas):
+def test_conservation(policy, slice_tokens, replicas, routing):
     items = workload(80, seed=7)
     cfg = config(
         policy,
         replicas=replicas,
+        routing=routing,
         slice_tokens=slice_tokens,
         num_kv_blocks=48,
         max_num_seqs=12,

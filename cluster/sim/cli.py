@@ -9,7 +9,7 @@ import math
 import sys
 from pathlib import Path
 
-from cluster.config import POLICIES, EngineConfig, PolicyConfig, SchedulerConfig
+from cluster.config import POLICIES, ROUTINGS, EngineConfig, PolicyConfig, SchedulerConfig
 from cluster.sim.report import format_table, plot_cdfs
 from cluster.sim.simulator import SimulationConfig, SimulationResult, simulate
 from cluster.sim.step_time import available_profiles, load_profile
@@ -82,6 +82,14 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
         type=int,
         default=None,
         help="dispatch in slices of at most this many tokens",
+    )
+    s.add_argument(
+        "--routing",
+        choices=ROUTINGS,
+        default="global",
+        help="global: one cluster-wide queue, dispatched in policy order to replicas with room "
+        "(rankserve); power_of_two: Ray Serve's default router, each request sent at once to the "
+        "less busy of two random replicas, which queue for themselves (the baseline)",
     )
     s.add_argument(
         "--kv-headroom",
@@ -217,7 +225,11 @@ def run(args: argparse.Namespace) -> int:
                 priority_quantum=args.priority_quantum,
             )
             scheduler = SchedulerConfig(
-                policy=policy, slice_tokens=args.slice_tokens, kv_headroom_fraction=args.kv_headroom
+                policy=policy,
+                slice_tokens=args.slice_tokens,
+                kv_headroom_fraction=args.kv_headroom,
+                routing=args.routing,
+                routing_seed=args.seed,
             )
             config = SimulationConfig(
                 scheduler,
@@ -239,6 +251,7 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"{len(items)} requests, arrivals {args.arrivals}, {args.replicas} replica(s), "
             f"profile {profile.name}"
+            + (f", routing {args.routing}" if args.routing != "global" else "")
         )
         print(format_table(results))
     if args.plot:
