@@ -76,6 +76,11 @@ def choose_replica(
     return best
 
 
+def can_ever_hold(view: ReplicaView, tokens: int, headroom_fraction: float) -> bool:
+    """Whether the replica's cache, empty, could hold this context and its next token."""
+    return view.blocks_for(tokens + 1) <= (1 - headroom_fraction) * view.total_kv_blocks
+
+
 def has_any_slot(replicas: list[ReplicaView], max_engine_waiting: int) -> bool:
     return any(len(v.assigned) < v.max_num_seqs + max_engine_waiting for v in replicas)
 
@@ -86,11 +91,7 @@ def choose_power_of_two(
     """Of two replicas drawn at random, the one with fewer requests assigned (running or queued
     there): Ray Serve's default. No headroom check: the replica queues what it cannot run yet.
     None when no replica's cache could ever hold `tokens`."""
-    usable = [
-        v
-        for v in replicas
-        if v.blocks_for(tokens + 1) <= (1 - headroom_fraction) * v.total_kv_blocks
-    ]
+    usable = [v for v in replicas if can_ever_hold(v, tokens, headroom_fraction)]
     if not usable:
         return None
     picked = rng.sample(usable, min(2, len(usable)))

@@ -13,6 +13,7 @@ from cluster.config import SchedulerConfig
 from cluster.placement import (
     ReplicaLoad,
     ReplicaView,
+    can_ever_hold,
     choose_power_of_two,
     choose_replica,
     has_any_slot,
@@ -163,8 +164,8 @@ class Scheduler:
         return dispatches
 
     def _fits_nowhere(self, replicas: list[ReplicaView], context: int) -> bool:
-        usable = 1.0 - self.config.kv_headroom_fraction
-        return all(v.blocks_for(context + 1) > usable * v.total_kv_blocks for v in replicas)
+        headroom = self.config.kv_headroom_fraction
+        return not any(can_ever_hold(v, context, headroom) for v in replicas)
 
     def take_rejected(self) -> list[Request]:
         """Requests that `schedule()` failed because no replica could ever hold them, since the
