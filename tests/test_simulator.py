@@ -228,3 +228,28 @@ def test_result_dict_has_the_documented_metrics():
 def test_replicas_must_be_positive():
     with pytest.raises(ValueError, match="replicas must be >= 1"):
         config(replicas=0)
+
+
+@pytest.mark.parametrize("routing", ROUTINGS)
+def test_a_mixed_cluster_conserves_and_the_global_queue_fills_the_bigger_replicas(routing):
+    a100, h100 = PROFILE, load_profile("h100-llama3-8b")
+    items = workload(3000, seed=2, arrivals="burst", max_output=64)
+    cfg = dataclasses.replace(
+        config("fcfs", replicas=4, routing=routing), replica_profiles=(a100, h100, a100, h100)
+    )
+    with audited_simulation() as ledger:
+        result = simulate(items, cfg)
+    assert_conserved(items, result, ledger)
+    served = {e.replica_id: 0 for e in ledger.engines}
+    for r in result.requests:
+        served[r.replica_id] += 1
+    big, small = served["r1"] + served["r3"], served["r0"] + served["r2"]
+    if routing == "global":  # free slots wherever they are: an H100 has 4x an A100's
+        assert big > 2 * small
+    else:  # Ray Serve balances request counts whatever the replica
+        assert abs(big - small) < 0.2 * len(items)
+
+
+def test_replica_profiles_must_match_the_replica_count():
+    with pytest.raises(ValueError, match="2 replica profiles for 3 replicas"):
+        dataclasses.replace(config(replicas=3), replica_profiles=(PROFILE, PROFILE))

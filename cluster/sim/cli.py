@@ -102,7 +102,8 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
     e.add_argument(
         "--profile",
         default="a100-llama3-8b",
-        help=f"step-time profile: {', '.join(available_profiles())}, or a JSON file",
+        help=f"step-time profile: {', '.join(available_profiles())}, or a JSON file; several, "
+        "comma-separated, make a mixed cluster (replicas take them in turn)",
     )
     e.add_argument(
         "--max-num-seqs",
@@ -210,7 +211,10 @@ def json_safe(value: object) -> object:
 def run(args: argparse.Namespace) -> int:
     try:
         names = policies_of(args.policy)
-        profile = load_profile(args.profile)
+        profiles = [load_profile(name) for name in args.profile.split(",")]
+        profile = profiles[0]
+        # several profiles: a mixed cluster, replicas taking them in turn
+        mixed = tuple(profiles[i % len(profiles)] for i in range(args.replicas))
         items = load_items(args)
         engine = EngineConfig(
             max_num_seqs=args.max_num_seqs,
@@ -236,6 +240,7 @@ def run(args: argparse.Namespace) -> int:
                 engine,
                 profile,
                 replicas=args.replicas,
+                replica_profiles=mixed if len(profiles) > 1 else (),
                 until_completions=args.until_completions,
                 time_limit_s=args.time_limit,
                 progress=not args.no_progress and sys.stderr.isatty(),
@@ -250,7 +255,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(
             f"{len(items)} requests, arrivals {args.arrivals}, {args.replicas} replica(s), "
-            f"profile {profile.name}"
+            f"profile {args.profile}"
             + (f", routing {args.routing}" if args.routing != "global" else "")
         )
         print(format_table(results))

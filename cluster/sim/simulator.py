@@ -32,6 +32,9 @@ class SimulationConfig:
     engine: EngineConfig
     profile: StepTimeProfile
     replicas: int = 1
+    # A mixed cluster: one profile per replica (its GPU and model), overriding `profile` and
+    # `replicas`; each replica gets its profile's vLLM defaults and KV cache.
+    replica_profiles: tuple[StepTimeProfile, ...] = ()
     # Synthetic-data-generation mode (LTR paper): stop after K answers, or at T seconds.
     until_completions: int | None = None
     time_limit_s: float | None = None
@@ -40,6 +43,10 @@ class SimulationConfig:
     def __post_init__(self) -> None:
         if self.replicas < 1:
             raise ValueError("replicas must be >= 1")
+        if self.replica_profiles and len(self.replica_profiles) != self.replicas:
+            raise ValueError(
+                f"{len(self.replica_profiles)} replica profiles for {self.replicas} replicas"
+            )
 
 
 @dataclass(slots=True)
@@ -118,17 +125,16 @@ def simulate(items: list[WorkloadItem], config: SimulationConfig) -> SimulationR
     wall_start = time.perf_counter()
     clock = VirtualClock()
     scheduler = Scheduler(config.scheduler, clock)
-    model = StepTimeModel(config.profile)
-    engine_config = resolve_engine(config.engine, config.profile)
-    blocks = engine_config.num_kv_blocks
-    engines = [
-        SimulatedEngine(f"r{i}", engine_config, model, blocks) for i in range(config.replicas)
-    ]
-    by_id = {e.replica_id: e for e in engines}
-    for e in engines:
+    engines = []
+    for i, profile in enumerate(config.replica_profiles or (config.profile,) * config.replicas):
+        engine_config = resolve_engine(config.engine, profile)
+        blocks = engine_config.num_kv_blocks
+        engine = SimulatedEngine(f"r{i}", engine_config, StepTimeModel(profile), blocks)
+        engines.append(engine)
         scheduler.add_replica(
-            e.replica_id, engine_config.max_num_seqs, blocks, engine_config.block_size
+            engine.replica_id, engine_config.max_num_seqs, blocks, engine_config.block_size
         )
+    by_id = {e.replica_id: e for e in engines}
 
     arrivals = sorted((to_request(item) for item in items), key=lambda r: r.arrival_time)
     busy: dict[str, bool] = {e.replica_id: False for e in engines}
