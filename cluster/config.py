@@ -7,12 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-POLICIES = ("fcfs", "oracle", "ltr", "ssjf", "hrrn")
-# global: the scheduler holds the only long queue and dispatches in its order to replicas with
-# headroom (rankserve). power_of_two: Ray Serve's default router, the baseline: each request
-# goes at once to the less busy of two random replicas, which queues it itself (vLLM orders its
-# waiting requests by the dispatched priority, so a policy still orders each replica's queue).
-ROUTINGS = ("global", "power_of_two")
+from cluster.policies import POLICIES
+from cluster.routing import ROUTINGS
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,8 +27,7 @@ class PolicyConfig:
     base_time_s: float = 0.05
 
     def __post_init__(self) -> None:
-        if self.name not in POLICIES:
-            raise ValueError(f"unknown policy {self.name!r}; choose one of {', '.join(POLICIES)}")
+        POLICIES.check(self.name)
         if self.starvation_threshold < 1 or self.priority_quantum < 1:
             raise ValueError("starvation_threshold and priority_quantum must be >= 1")
 
@@ -51,14 +46,11 @@ class SchedulerConfig:
     # Finished answers over which the live ranking quality (scores vs produced lengths) is
     # measured for the status.
     rank_quality_window: int = 1000
-    routing: str = "global"
+    routing: str = "global"  # see cluster.routing
     routing_seed: int = 0  # power_of_two's random choices
 
     def __post_init__(self) -> None:
-        if self.routing not in ROUTINGS:
-            raise ValueError(
-                f"unknown routing {self.routing!r}; choose one of {', '.join(ROUTINGS)}"
-            )
+        ROUTINGS.check(self.routing)
 
 
 @dataclass(frozen=True, slots=True)

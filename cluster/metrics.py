@@ -21,7 +21,6 @@ class RequestTiming:
     output_tokens: int
     max_token_gap: float = 0.0
     preemptions: int = 0
-    slo_met: bool | None = None
 
     @property
     def e2e(self) -> float:
@@ -91,7 +90,6 @@ class ServingMetrics:
     tpot_s: Distribution
     max_wait_s: Distribution
     preemptions: int
-    slo_attainment: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -108,7 +106,6 @@ def summarize(
         end = max(t.finish for t in timings) if end is None else end
     duration = max(0.0, (end or 0.0) - (start or 0.0))
     tokens = sum(t.output_tokens for t in timings)
-    slo = [t.slo_met for t in timings if t.slo_met is not None]
     return ServingMetrics(
         completions=len(timings),
         failed=failed,
@@ -121,5 +118,4 @@ def summarize(
         tpot_s=Distribution.of(x for t in timings if (x := t.tpot) is not None),
         max_wait_s=Distribution.of(t.max_wait for t in timings),
         preemptions=sum(t.preemptions for t in timings),
-        slo_attainment=sum(slo) / len(slo) if slo else None,
     )

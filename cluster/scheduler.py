@@ -1,38 +1,38 @@
 """The cluster-wide scheduler: one global queue in policy order, dispatched to replicas with
 headroom. Plain Python driven by events and an injected clock; the live scheduler actor and the
-simulator both host this same class."""
+simulator both host this same class.
+
+Two halves, as in vLLM's scheduler: `schedule()` decides (which requests run where, for how many
+tokens), `apply(events)` takes in what the engines did (`cluster.events`)."""
 
 from __future__ import annotations
 
 import itertools
-import random
 from dataclasses import dataclass
 
 from cluster.clock import Clock
 from cluster.config import SchedulerConfig
-from cluster.placement import (
-    ReplicaLoad,
-    ReplicaView,
-    can_ever_hold,
-    choose_power_of_two,
-    choose_replica,
-    has_any_slot,
-)
+from cluster.events import EngineEvents, FinishReason
 from cluster.policies import make_queue
 from cluster.rank_quality import RankQualityMonitor
+from cluster.replicas import ReplicaView
 from cluster.request import Request, RequestState
+from cluster.routing import make_routing
 
 _INT64_MAX = 2**62
 
 
 @dataclass(frozen=True, slots=True)
 class Dispatch:
-    """A decision: run `request` on `replica_id` for at most `max_new_tokens` tokens."""
+    """A decision: run `request` on `replica_id` for at most `max_new_tokens` tokens. `final`:
+    the budget reaches the request's own end, so the engine's length limit is the request's
+    (else the dispatch is a slice and the request comes back to the queue)."""
 
     request: Request
     replica_id: str
     priority: int  # vLLM's priority (lower first): the global order, carried into the engine
     max_new_tokens: int
+    final: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,18 +57,33 @@ class UnknownRequest(KeyError):
 
 class Scheduler:
     def __init__(self, config: SchedulerConfig, clock: Clock) -> None:
-        self.config = config
         self.clock = clock
-        self.queue = make_queue(config.policy)
         self._replicas: dict[str, ReplicaView] = {}
         self._requests: dict[str, Request] = {}
         self._seq = itertools.count()
         self._finished = 0
         self._failed = 0
         self._slices = 0
+        self._rounds_before = 0  # rounds counted by queues replaced in `reconfigure`
         self._rejected: list[Request] = []
+        self.config = config
+        self.queue = make_queue(config.policy)
+        self.routing = make_routing(config)
         self.rank_quality = RankQualityMonitor(config.rank_quality_window)
-        self._routing_rng = random.Random(config.routing_seed)
+
+    def reconfigure(self, config: SchedulerConfig) -> None:
+        """New scheduling settings (policy, routing, slices...), only while no request is in
+        flight: a queue's order means nothing across two policies. Replicas and the cumulative
+        counters stay."""
+        active = sum(1 for r in self._requests.values() if not r.state.is_terminal)
+        if active:
+            raise RuntimeError(f"cannot change scheduling with {active} requests in flight")
+        self._rounds_before += self.queue.round
+        if config.rank_quality_window != self.config.rank_quality_window:
+            self.rank_quality = RankQualityMonitor(config.rank_quality_window)
+        self.config = config
+        self.queue = make_queue(config.policy)
+        self.routing = make_routing(config)
 
     # ---- replicas -------------------------------------------------------------------------
 
@@ -91,11 +106,6 @@ class Scheduler:
             self._requeue(request)
             returned.append(request)
         return returned
-
-    def update_load(self, load: ReplicaLoad) -> None:
-        view = self._replicas[load.replica_id]
-        view.reported_free_blocks = load.free_kv_blocks
-        view.total_kv_blocks = load.total_kv_blocks
 
     @property
     def replica_ids(self) -> list[str]:
@@ -120,52 +130,37 @@ class Scheduler:
             raise UnknownRequest(request_id) from None
 
     def schedule(self) -> list[Dispatch]:
-        """One round: walk the queue in policy order and place each request on the least
-        KV-loaded replica with room, until none has room for the next one. Strict order: a
-        request that fits nowhere now stops the round rather than being overtaken; one that
-        could never fit on any replica fails (see `take_rejected`) instead of stalling all.
-        With power_of_two routing every queued request is sent at once (see config.ROUTINGS)."""
+        """One round: walk the queue in policy order and place each request where the routing
+        says, until it finds no room for the next one. Strict order: a request that fits
+        nowhere now stops the round rather than being overtaken; one that could never fit on
+        any replica fails (see `take_rejected`) instead of stalling all."""
         replicas = list(self._replicas.values())
-        config = self.config
-        routed = config.routing == "power_of_two"  # the baseline: replicas queue for themselves
-        if not self.queue or not replicas:
-            return []
-        if not routed and not has_any_slot(replicas, config.max_engine_waiting):
+        if not self.queue or not replicas or not self.routing.has_room(replicas):
             return []
         now = self.clock.now()
         self.queue.begin_round(now)
         dispatches: list[Dispatch] = []
         rejected: list[Request] = []
+        headroom = self.config.kv_headroom_fraction
         for request in self.queue.ordered(now):
             context = request.prompt_tokens + request.generated
-            if routed:
-                view = choose_power_of_two(
-                    replicas, context, config.kv_headroom_fraction, self._routing_rng
-                )
-            else:
-                view = choose_replica(
-                    replicas, context, config.kv_headroom_fraction, config.max_engine_waiting
-                )
+            view = self.routing.choose(replicas, context)
             if view is not None:
                 dispatches.append(self._dispatch(request, view, now))
-            elif self._fits_nowhere(replicas, context):
+            elif not any(v.can_ever_hold(context, headroom) for v in replicas):
                 rejected.append(request)
             else:
                 break
         for d in dispatches:
             self.queue.remove(d.request)
         for request in rejected:
-            self.on_failed(
+            self.fail(
                 request.request_id,
                 f"{request.prompt_tokens + request.generated} tokens of context do not "
                 "fit in any replica's KV cache",
             )
             self._rejected.append(request)
         return dispatches
-
-    def _fits_nowhere(self, replicas: list[ReplicaView], context: int) -> bool:
-        headroom = self.config.kv_headroom_fraction
-        return not any(can_ever_hold(v, context, headroom) for v in replicas)
 
     def take_rejected(self) -> list[Request]:
         """Requests that `schedule()` failed because no replica could ever hold them, since the
@@ -174,49 +169,79 @@ class Scheduler:
         return rejected
 
     def _dispatch(self, request: Request, view: ReplicaView, now: float) -> Dispatch:
-        budget = request.remaining_tokens
+        remaining = request.remaining_tokens
+        budget = remaining
         for limit in (self.config.slice_tokens, self.queue.slice_limit(request)):
             if limit is not None:
                 budget = min(budget, limit)
+        budget = max(1, budget)
         priority = engine_priority(self.queue.priority(request, now))
         request.transition(RequestState.DISPATCHED)
         request.replica_id = view.replica_id
         request.num_dispatches += 1
         view.assign(request.request_id, view.blocks_for(request.prompt_tokens + request.generated))
-        return Dispatch(request, view.replica_id, priority, max(1, budget))
+        return Dispatch(request, view.replica_id, priority, budget, final=budget >= remaining)
 
-    def on_running(self, request_id: str) -> None:
+    def apply(self, events: EngineEvents) -> list[Request]:
+        """Take in one replica's news. Returns the requests that it ended (finished or failed).
+        News of requests this scheduler no longer holds (aborted and forgotten meanwhile) or
+        from a replica it has dropped is ignored: reports can arrive late."""
+        ended: list[Request] = []
+        for rid in events.preempted:
+            if (request := self._active(rid)) is not None:
+                self._preempted(request)
+        for rid in events.started:
+            if (request := self._active(rid)) is not None:
+                self._running(request)
+        now = self.clock.now()
+        for rid, count in events.tokens.items():
+            if (request := self._active(rid)) is not None:
+                request.record_tokens(count, now)
+        for rid, reason in events.ended.items():
+            if (request := self._active(rid)) is None:
+                continue
+            if reason is FinishReason.SLICE:
+                self._slices += 1
+                self._requeue(request)
+            elif reason is FinishReason.ABORT:
+                self.fail(rid, "aborted")
+                ended.append(request)
+            else:
+                self._finish(request)
+                ended.append(request)
+        for rid, error in events.failed.items():
+            if (request := self._active(rid)) is not None:
+                self.fail(rid, error)
+                ended.append(request)
+        view = self._replicas.get(events.replica_id)
+        if events.load is not None and view is not None:
+            view.reported_free_blocks = events.load.free_kv_blocks
+            view.total_kv_blocks = events.load.total_kv_blocks
+        return ended
+
+    def resume_from(self, request_id: str, delivered: int) -> bool:
+        """The caller holds `delivered` tokens of the request (the ingress is the record of what
+        reached the client). Where the scheduler counted otherwise (reports of a replica that
+        died were lost, or never reached the caller), its count is set to the caller's before
+        the next dispatch; a dispatch already decided on the wrong count is taken back. True
+        when the request went back to the queue for that."""
         request = self.get(request_id)
-        if request.state is RequestState.DISPATCHED:
-            request.transition(RequestState.RUNNING)
-            self._replicas[request.replica_id].started(request_id)
+        if request.generated == delivered or request.state not in (
+            RequestState.QUEUED,
+            RequestState.DISPATCHED,
+        ):
+            return False
+        if request.state is RequestState.QUEUED:
+            self.queue.remove(request)
+        else:
+            self._release(request)
+            request.replica_id = None
+        request.generated = delivered
+        request.state = RequestState.QUEUED
+        self.queue.add(request, self.clock.now())
+        return True
 
-    def on_tokens(self, request_id: str, count: int) -> None:
-        self.get(request_id).record_tokens(count, self.clock.now())
-
-    def on_slice_end(self, request_id: str) -> None:
-        """The dispatch ended before the request did: rank it again with what it has."""
-        self._slices += 1
-        self._requeue(self.get(request_id))
-
-    def on_preempted(self, request_id: str) -> None:
-        """The engine evicted the request to recompute it later (it stays on that replica)."""
-        request = self.get(request_id)
-        request.num_preemptions += 1
-        if request.state is RequestState.RUNNING:
-            request.state = RequestState.DISPATCHED
-            view = self._replicas[request.replica_id]
-            view.pending_blocks[request_id] = 0
-
-    def on_finished(self, request_id: str) -> None:
-        request = self.get(request_id)
-        request.transition(RequestState.FINISHED)
-        request.finish_time = self.clock.now()
-        self._release(request)
-        self._finished += 1
-        self.rank_quality.record(request)
-
-    def on_failed(self, request_id: str, error: str) -> None:
+    def fail(self, request_id: str, error: str) -> None:
         request = self.get(request_id)
         if request.state is RequestState.QUEUED:
             self.queue.remove(request)
@@ -228,9 +253,8 @@ class Scheduler:
 
     def abort(self, request_id: str) -> None:
         """The client went away: forget the request wherever it is."""
-        request = self._requests.get(request_id)
-        if request is not None and not request.state.is_terminal:
-            self.on_failed(request_id, "aborted")
+        if self._active(request_id) is not None:
+            self.fail(request_id, "aborted")
 
     def forget(self, request_id: str) -> Request:
         """Drop a finished or failed request from memory (the live actor does, the simulator
@@ -251,9 +275,34 @@ class Scheduler:
             running=states.count(RequestState.RUNNING),
             finished=self._finished,
             failed=self._failed,
-            rounds=self.queue.round,
+            rounds=self._rounds_before + self.queue.round,
             slices=self._slices,
         )
+
+    # ---- internals ------------------------------------------------------------------------
+
+    def _active(self, request_id: str) -> Request | None:
+        request = self._requests.get(request_id)
+        return None if request is None or request.state.is_terminal else request
+
+    def _running(self, request: Request) -> None:
+        if request.state is RequestState.DISPATCHED:
+            request.transition(RequestState.RUNNING)
+            self._replicas[request.replica_id].started(request.request_id)
+
+    def _preempted(self, request: Request) -> None:
+        """The engine evicted the request to recompute it later (it stays on that replica)."""
+        request.num_preemptions += 1
+        if request.state is RequestState.RUNNING:
+            request.state = RequestState.DISPATCHED
+            self._replicas[request.replica_id].pending_blocks[request.request_id] = 0
+
+    def _finish(self, request: Request) -> None:
+        request.transition(RequestState.FINISHED)
+        request.finish_time = self.clock.now()
+        self._release(request)
+        self._finished += 1
+        self.rank_quality.record(request)
 
     def _release(self, request: Request) -> None:
         if request.replica_id is not None and request.replica_id in self._replicas:

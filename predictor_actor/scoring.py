@@ -81,3 +81,19 @@ def predict_lengths(
     return _cached(
         Path(model_dir) if model_dir else DEFAULT_LENGTH_MODEL_DIR, prompts, cache_dir, "lengths"
     )
+
+
+class ModelScorer:
+    """A trained model as the simulator's `WorkloadScorer`: the ranking model's scores and the
+    length regressor's predictions (both shipped defaults when `model_dir` is None; one model
+    for both when given, a ranking model's lengths coming from its calibration)."""
+
+    def __init__(self, model_dir: str | None = None, cache_dir: str | None = None) -> None:
+        self.model_dir = model_dir
+        self.cache_dir = cache_dir
+
+    def predict(self, prompts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        return (
+            score_prompts(self.model_dir, prompts, self.cache_dir),
+            predict_lengths(self.model_dir, prompts, self.cache_dir),
+        )

@@ -1,26 +1,35 @@
-"""Scheduling policies, each a global request queue whose order is the policy."""
+"""Scheduling policies, each a global request queue whose order is the policy. One line here
+registers one; `PolicyConfig`, the CLIs and the errors take their names from `POLICIES`."""
 
 from __future__ import annotations
 
-from cluster.config import PolicyConfig
+from typing import TYPE_CHECKING
+
 from cluster.policies.base import RequestQueue
 from cluster.policies.fcfs import FCFSQueue
 from cluster.policies.hrrn import HRRNQueue
 from cluster.policies.ltr import LTRQueue
 from cluster.policies.oracle import OracleQueue
 from cluster.policies.ssjf import SSJFQueue
+from cluster.registry import Registry
 
-_QUEUES: dict[str, type[RequestQueue]] = {
-    "fcfs": FCFSQueue,
-    "oracle": OracleQueue,
-    "ltr": LTRQueue,
-    "ssjf": SSJFQueue,
-    "hrrn": HRRNQueue,
-}
+if TYPE_CHECKING:
+    from cluster.config import PolicyConfig
+
+POLICIES: Registry[type[RequestQueue]] = Registry(
+    "policy",
+    {
+        "fcfs": FCFSQueue,
+        "oracle": OracleQueue,
+        "ltr": LTRQueue,
+        "ssjf": SSJFQueue,
+        "hrrn": HRRNQueue,
+    },
+)
 
 
 def make_queue(config: PolicyConfig) -> RequestQueue:
-    return _QUEUES[config.name](config)
+    return POLICIES[config.name](config)
 
 
-__all__ = ["RequestQueue", "make_queue"]
+__all__ = ["POLICIES", "RequestQueue", "make_queue"]

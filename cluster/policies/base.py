@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import heapq
 import itertools
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 
-from cluster.config import PolicyConfig
 from cluster.request import Request
+
+if TYPE_CHECKING:
+    from cluster.config import PolicyConfig
 
 # Priority given to promoted (starving or aged) requests: ahead of any policy key.
 PROMOTED_PRIORITY = -1e12

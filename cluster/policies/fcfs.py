@@ -7,7 +7,6 @@ from cluster.request import Request
 
 
 class FCFSQueue(StaticKeyQueue):
-    name = "fcfs"
 
     def key(self, request: Request) -> float:
         return float(request.seq)

@@ -6,21 +6,24 @@ The order changes with time, so it is recomputed for every round, vectorised ove
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from collections.abc import Iterator
 
 import numpy as np
 
-from cluster.config import PolicyConfig
 from cluster.policies.base import RequestQueue
 from cluster.policies.ssjf import predicted_service_s
 from cluster.request import Request
+
+if TYPE_CHECKING:
+    from cluster.config import PolicyConfig
 
 # Rounds rarely dispatch many requests: sort only the best few first, the rest if asked for.
 _FIRST_BATCH = 64
 
 
 class HRRNQueue(RequestQueue):
-    name = "hrrn"
 
     def __init__(self, config: PolicyConfig) -> None:
         super().__init__(config)

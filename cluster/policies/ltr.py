@@ -12,16 +12,19 @@ request hold a slot it would not get by rank.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import heapq
 from collections.abc import Iterator
 
-from cluster.config import PolicyConfig
 from cluster.policies.base import PROMOTED_PRIORITY, LazyHeap, RequestQueue
 from cluster.request import Request
 
+if TYPE_CHECKING:
+    from cluster.config import PolicyConfig
+
 
 class LTRQueue(RequestQueue):
-    name = "ltr"
 
     def __init__(self, config: PolicyConfig) -> None:
         super().__init__(config)

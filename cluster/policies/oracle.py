@@ -8,7 +8,6 @@ from cluster.request import Request
 
 
 class OracleQueue(StaticKeyQueue):
-    name = "oracle"
 
     def key(self, request: Request) -> float:
         if request.output_tokens is None:

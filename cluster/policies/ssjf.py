@@ -5,12 +5,16 @@ order in which they aged."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import heapq
 from collections.abc import Iterator
 
-from cluster.config import PolicyConfig
 from cluster.policies.base import PROMOTED_PRIORITY, LazyHeap, RequestQueue
 from cluster.request import Request
+
+if TYPE_CHECKING:
+    from cluster.config import PolicyConfig
 
 
 def predicted_service_s(request: Request, config: PolicyConfig) -> float:
@@ -25,7 +29,6 @@ def predicted_service_s(request: Request, config: PolicyConfig) -> float:
 
 
 class SSJFQueue(RequestQueue):
-    name = "ssjf"
 
     def __init__(self, config: PolicyConfig) -> None:
         super().__init__(config)

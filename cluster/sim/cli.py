@@ -1,23 +1,37 @@
-"""`rankserve simulate`: compare scheduling policies on one workload in virtual time."""
+"""`rankserve simulate`: compare scheduling policies on one workload in virtual time.
+
+The predictor reaches it as an injected `model_scorer` (the `rankserve` command passes the
+shipped one), so the simulator itself depends on no model code."""
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
-from cluster.config import POLICIES, ROUTINGS, EngineConfig, PolicyConfig, SchedulerConfig
+from cluster.config import EngineConfig, PolicyConfig, SchedulerConfig
+from cluster.policies import POLICIES
+from cluster.routing import ROUTINGS
 from cluster.sim.report import format_table, plot_cdfs
 from cluster.sim.simulator import SimulationConfig, SimulationResult, simulate
 from cluster.sim.step_time import available_profiles, load_profile
 from cluster.workload.prompts import DEMO_PROMPT_FILE, read_prompt_file
+from cluster.workload.scoring import WorkloadScorer, with_predictions, with_true_lengths
 from cluster.workload.workload import WorkloadItem, build_workload
 
+# model directory (None: the shipped model) -> a scorer of prompts with it
+ModelScorerFactory = Callable[[str | None], WorkloadScorer]
 
-def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) -> None:
+
+def register(
+    subparsers: argparse._SubParsersAction,
+    name: str,
+    help_text: str,
+    model_scorer: ModelScorerFactory | None = None,
+) -> None:
     p = subparsers.add_parser(
         name,
         help=help_text,
@@ -60,7 +74,7 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
         "--policy",
         action="append",
         default=None,
-        help=f"policy to run (repeat or comma-separate): {', '.join(POLICIES)}; "
+        help=f"policy to run (repeat or comma-separate): {', '.join(POLICIES.names)}; "
         "default: fcfs and oracle",
     )
     s.add_argument(
@@ -85,7 +99,7 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
     )
     s.add_argument(
         "--routing",
-        choices=ROUTINGS,
+        choices=ROUTINGS.names,
         default="global",
         help="global: one cluster-wide queue, dispatched in policy order to replicas with room "
         "(rankserve); power_of_two: Ray Serve's default router, each request sent at once to the "
@@ -144,42 +158,7 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
         "--plot", type=Path, default=None, metavar="FILE.png", help="write latency CDFs per policy"
     )
     r.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=run)
-
-
-def policies_of(values: list[str] | None) -> list[str]:
-    names = [n.strip() for v in (values or ["fcfs,oracle"]) for n in v.split(",") if n.strip()]
-    unknown = [n for n in names if n not in POLICIES]
-    if unknown:
-        raise ValueError(f"unknown policy {unknown[0]!r}; choose from {', '.join(POLICIES)}")
-    return list(dict.fromkeys(names))
-
-
-def with_predictions(
-    items: list[WorkloadItem], true_lengths: bool, predictor: str | None
-) -> list[WorkloadItem]:
-    """Fill in what ltr (score) and ssjf/hrrn (predicted_tokens) rank by."""
-    if true_lengths:
-        return [
-            dataclasses.replace(
-                it, score=math.log(it.output_tokens), predicted_tokens=float(it.output_tokens)
-            )
-            for it in items
-        ]
-    if predictor is None:
-        return items
-    from predictor_actor.scoring import predict_lengths, score_prompts
-
-    if any(it.prompt is None for it in items):
-        raise ValueError("--predictor needs prompt text; this workload has lengths only")
-    model_dir = None if predictor == "default" else predictor
-    prompts = [it.prompt for it in items]
-    scores = score_prompts(model_dir, prompts)
-    lengths = predict_lengths(model_dir, prompts)
-    return [
-        dataclasses.replace(it, score=float(s), predicted_tokens=float(n))
-        for it, s, n in zip(items, scores, lengths, strict=True)
-    ]
+    p.set_defaults(func=run, model_scorer=model_scorer)
 
 
 def load_items(args: argparse.Namespace) -> list[WorkloadItem]:
@@ -195,7 +174,15 @@ def load_items(args: argparse.Namespace) -> list[WorkloadItem]:
         lengths_from_trace=args.lengths_from_trace,
         max_output_tokens=args.max_output_tokens,
     )
-    return with_predictions(items, args.true_lengths, args.predictor)
+    if args.true_lengths:
+        return with_true_lengths(items)
+    if args.predictor is None:
+        return items
+    if args.model_scorer is None:
+        raise ValueError("--predictor needs the predictor, which this command was not given")
+    return with_predictions(
+        items, args.model_scorer(None if args.predictor == "default" else args.predictor)
+    )
 
 
 def json_safe(value: object) -> object:
@@ -210,7 +197,7 @@ def json_safe(value: object) -> object:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        names = policies_of(args.policy)
+        names = POLICIES.parse_list(args.policy or ["fcfs,oracle"])
         profiles = [load_profile(name) for name in args.profile.split(",")]
         profile = profiles[0]
         # several profiles: a mixed cluster, replicas taking them in turn

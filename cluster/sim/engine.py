@@ -14,7 +14,8 @@ import heapq
 from dataclasses import dataclass, field
 
 from cluster.config import EngineConfig
-from cluster.placement import ReplicaLoad
+from cluster.events import EngineEvents, FinishReason
+from cluster.replicas import ReplicaLoad
 from cluster.request import Request
 from cluster.scheduler import Dispatch
 from cluster.sim.kv_cache import KVBlockPool
@@ -29,6 +30,7 @@ class Sequence:
     priority: int
     base_len: int  # prompt + tokens generated before this dispatch
     max_new: int  # tokens this dispatch may generate
+    final: bool  # the dispatch's end is the request's end (else a slice)
     new_tokens: int = 0
     num_computed: int = 0
     blocks: int = 0
@@ -76,7 +78,9 @@ class SimulatedEngine:
         context = request.prompt_tokens + request.generated
         if context + 1 > self.config.max_model_len:
             raise ValueError(f"{request.request_id}: {context} tokens exceed max_model_len")
-        seq = Sequence(request, dispatch.priority, context, dispatch.max_new_tokens)
+        seq = Sequence(
+            request, dispatch.priority, context, dispatch.max_new_tokens, dispatch.final
+        )
         self._by_id[request.request_id] = seq
         heapq.heappush(self._waiting, (seq.priority, request.seq, seq))
 
@@ -102,6 +106,20 @@ class SimulatedEngine:
     def load(self) -> ReplicaLoad:
         return ReplicaLoad(
             self.replica_id, len(self.running), len(self._waiting), self.kv.free, self.kv.num_blocks
+        )
+
+    def events(self, result: StepResult) -> EngineEvents:
+        """A step's outcome in the core's vocabulary, with the load as of now."""
+        return EngineEvents(
+            self.replica_id,
+            load=self.load(),
+            preempted=[s.request.request_id for s in result.preempted],
+            started=[s.request.request_id for s in result.started],
+            tokens={s.request.request_id: 1 for s in result.sampled},
+            ended={
+                s.request.request_id: FinishReason.LENGTH if s.final else FinishReason.SLICE
+                for s in result.done
+            },
         )
 
     def _preempt(self, seq: Sequence, result: StepResult) -> None:

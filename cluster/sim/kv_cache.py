@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from cluster.numbers import ceil_div
+
 
 class KVBlockPool:
     """Counts blocks; which physical block holds what does not matter to timing."""
@@ -14,12 +16,12 @@ class KVBlockPool:
         self.free = num_blocks
 
     def blocks_for(self, tokens: int) -> int:
-        return -(-tokens // self.block_size)
+        return ceil_div(tokens, self.block_size)
 
     def try_grow(self, held: int, tokens: int) -> int | None:
         """Blocks held after growing an allocation of `held` blocks to cover `tokens`, or None
         (nothing taken) when the pool cannot."""
-        need = -(-tokens // self.block_size) - held
+        need = ceil_div(tokens, self.block_size) - held
         if need <= 0:
             return held
         if need > self.free:

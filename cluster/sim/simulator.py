@@ -12,6 +12,7 @@ import dataclasses
 import heapq
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tqdm import tqdm
@@ -121,7 +122,16 @@ def resolve_engine(engine: EngineConfig, profile: StepTimeProfile) -> EngineConf
     )
 
 
-def simulate(items: list[WorkloadItem], config: SimulationConfig) -> SimulationResult:
+# (replica id, engine settings, step-time model, KV blocks) -> an engine; tests pass one that
+# audits every step.
+EngineFactory = Callable[[str, EngineConfig, StepTimeModel, int], SimulatedEngine]
+
+
+def simulate(
+    items: list[WorkloadItem],
+    config: SimulationConfig,
+    engine_factory: EngineFactory = SimulatedEngine,
+) -> SimulationResult:
     wall_start = time.perf_counter()
     clock = VirtualClock()
     scheduler = Scheduler(config.scheduler, clock)
@@ -129,7 +139,7 @@ def simulate(items: list[WorkloadItem], config: SimulationConfig) -> SimulationR
     for i, profile in enumerate(config.replica_profiles or (config.profile,) * config.replicas):
         engine_config = resolve_engine(config.engine, profile)
         blocks = engine_config.num_kv_blocks
-        engine = SimulatedEngine(f"r{i}", engine_config, StepTimeModel(profile), blocks)
+        engine = engine_factory(f"r{i}", engine_config, StepTimeModel(profile), blocks)
         engines.append(engine)
         scheduler.add_replica(
             engine.replica_id, engine_config.max_num_seqs, blocks, engine_config.block_size
@@ -170,8 +180,8 @@ def simulate(items: list[WorkloadItem], config: SimulationConfig) -> SimulationR
         while steps and steps[0][0] <= t:
             _, _, replica_id, result = heapq.heappop(steps)
             busy[replica_id] = False
-            done = apply_step(scheduler, result)
-            scheduler.update_load(by_id[replica_id].load())
+            ended = scheduler.apply(by_id[replica_id].events(result))
+            done = sum(r.state is RequestState.FINISHED for r in ended)
             if done:
                 finished += done
                 bar.update(done)
@@ -183,7 +193,7 @@ def simulate(items: list[WorkloadItem], config: SimulationConfig) -> SimulationR
             try:
                 by_id[d.replica_id].add(d)
             except ValueError as err:  # longer than the engine's max_model_len: fails alone
-                scheduler.on_failed(d.request.request_id, str(err))
+                scheduler.fail(d.request.request_id, str(err))
         scheduler.take_rejected()  # already FAILED; the simulator only counts them
         for engine in engines:
             if busy[engine.replica_id] or not engine.has_work():
@@ -219,20 +229,3 @@ def simulate(items: list[WorkloadItem], config: SimulationConfig) -> SimulationR
         stopped_by=stopped_by,
     )
 
-
-def apply_step(scheduler: Scheduler, result: StepResult) -> int:
-    """Report one finished engine step to the scheduler; returns completions."""
-    for seq in result.preempted:
-        scheduler.on_preempted(seq.request.request_id)
-    for seq in result.started:
-        scheduler.on_running(seq.request.request_id)
-    for seq in result.sampled:
-        scheduler.on_tokens(seq.request.request_id, 1)
-    completed = 0
-    for seq in result.done:
-        if seq.request.remaining_tokens <= 0:
-            scheduler.on_finished(seq.request.request_id)
-            completed += 1
-        else:
-            scheduler.on_slice_end(seq.request.request_id)
-    return completed

@@ -12,6 +12,8 @@ The first request arrives at t = 0 in every process; times are non-decreasing.
 
 from __future__ import annotations
 
+from cluster.numbers import ceil_div
+
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,7 +105,7 @@ def replay_trace(
     if n < 0:
         raise ValueError(f"number of requests must be >= 0, got {n}")
     m = len(trace)
-    passes = -(-n // m) if n else 0
+    passes = ceil_div(n, m) if n else 0
     period = trace.duration_s + (trace.duration_s / (m - 1) if m > 1 else 1.0)
     idx = np.arange(n) % m
     times = trace.time_s[idx] + period * (np.arange(n) // m)

@@ -10,6 +10,8 @@ prompts; the simulator stops at K completions or at a time limit, so it needs no
 
 from __future__ import annotations
 
+from cluster.numbers import ceil_div
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,7 +39,7 @@ def prompt_order(num_prompts: int, num_requests: int, seed: int) -> np.ndarray:
     more requests than prompts, further permutations after it, so each prompt is used
     either floor or ceil(num_requests / num_prompts) times."""
     rng = np.random.default_rng((seed, 1))  # a stream apart from the arrival process's
-    passes = -(-num_requests // num_prompts)
+    passes = ceil_div(num_requests, num_prompts)
     order = np.concatenate([rng.permutation(num_prompts) for _ in range(passes)])
     return order[:num_requests]
 

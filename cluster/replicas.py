@@ -1,0 +1,65 @@
+"""The scheduler's picture of the engine replicas: what each reports about itself, corrected for
+the work dispatched to it since."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from cluster.numbers import ceil_div
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaLoad:
+    """What a replica reports about itself."""
+
+    replica_id: str
+    num_running: int
+    num_waiting: int
+    free_kv_blocks: int
+    total_kv_blocks: int
+
+
+@dataclass(slots=True)
+class ReplicaView:
+    """One replica as the scheduler sees it: its last report, corrected for the work dispatched
+    to it since (whose blocks the report cannot show yet)."""
+
+    replica_id: str
+    max_num_seqs: int
+    total_kv_blocks: int
+    block_size: int
+    reported_free_blocks: int
+    assigned: set[str] = field(default_factory=set)  # request ids dispatched or running here
+    pending_blocks: dict[str, int] = field(default_factory=dict)  # dispatched, not yet running
+    pending_total: int = 0
+
+    @property
+    def free_blocks(self) -> int:
+        return self.reported_free_blocks - self.pending_total
+
+    def assign(self, request_id: str, blocks: int) -> None:
+        self.assigned.add(request_id)
+        self.pending_blocks[request_id] = blocks
+        self.pending_total += blocks
+
+    def started(self, request_id: str) -> None:
+        """The replica now holds the request's blocks itself: its reports will show them."""
+        self.pending_total -= self.pending_blocks.pop(request_id, 0)
+
+    def release(self, request_id: str) -> None:
+        self.started(request_id)
+        self.assigned.discard(request_id)
+
+    @property
+    def kv_load(self) -> float:
+        return 1.0 - self.free_blocks / self.total_kv_blocks
+
+    def blocks_for(self, tokens: int) -> int:
+        return ceil_div(tokens, self.block_size)
+
+    def has_slot(self, max_engine_waiting: int) -> bool:
+        return len(self.assigned) < self.max_num_seqs + max_engine_waiting
+
+    def can_ever_hold(self, tokens: int, headroom_fraction: float) -> bool:
+        """Whether this replica's cache, empty, could hold this context and its next token."""
+        return self.blocks_for(tokens + 1) <= (1 - headroom_fraction) * self.total_kv_blocks

@@ -1,0 +1,85 @@
+"""Which replica gets a request. `kv_balanced` is rankserve's: one with headroom (a running slot
+and enough free KV blocks), the least KV-loaded first, so that KV pressure stays balanced across
+the cluster. `power_of_two` is the baseline it is measured against, Ray Serve's default router:
+each request goes at once to the less busy of two random replicas, which queues it itself (vLLM
+orders its waiting requests by the dispatched priority, so a policy still orders each replica's
+queue)."""
+
+from __future__ import annotations
+
+import random
+from typing import TYPE_CHECKING, Protocol
+
+from cluster.registry import Registry
+from cluster.replicas import ReplicaView
+
+if TYPE_CHECKING:
+    from cluster.config import SchedulerConfig
+
+
+class Routing(Protocol):
+    """Chooses replicas for the requests of one scheduling round, taken in policy order."""
+
+    def has_room(self, replicas: list[ReplicaView]) -> bool:
+        """Whether any request could be placed this round (else the round is skipped)."""
+        ...
+
+    def choose(self, replicas: list[ReplicaView], tokens: int) -> ReplicaView | None:
+        """The replica for a request whose context (prompt plus generated prefix) is `tokens`
+        long; None when none has room for it now. The round stops at the first None, so that
+        no request overtakes a better-ranked one, unless no replica could ever hold it."""
+        ...
+
+
+class KVBalancedRouting:
+    """The global queue's routing: strict policy order, least KV-loaded replica with room."""
+
+    def __init__(self, config: SchedulerConfig) -> None:
+        self.headroom = config.kv_headroom_fraction
+        self.max_engine_waiting = config.max_engine_waiting
+
+    def has_room(self, replicas: list[ReplicaView]) -> bool:
+        return any(v.has_slot(self.max_engine_waiting) for v in replicas)
+
+    def choose(self, replicas: list[ReplicaView], tokens: int) -> ReplicaView | None:
+        best, best_free = None, -1.0
+        for view in replicas:
+            if not view.has_slot(self.max_engine_waiting):
+                continue
+            free_after = view.free_blocks - view.blocks_for(tokens)
+            if free_after < self.headroom * view.total_kv_blocks:
+                continue
+            free_fraction = view.free_blocks / view.total_kv_blocks
+            if free_fraction > best_free:
+                best, best_free = view, free_fraction
+        return best
+
+
+class PowerOfTwoRouting:
+    """Ray Serve's default: of two replicas drawn at random, the one with fewer requests
+    assigned (running or queued there). No headroom check: the replica queues what it cannot
+    run yet; None only when no replica's cache could ever hold the request."""
+
+    def __init__(self, config: SchedulerConfig) -> None:
+        self.headroom = config.kv_headroom_fraction
+        self.rng = random.Random(config.routing_seed)
+
+    def has_room(self, replicas: list[ReplicaView]) -> bool:
+        return True
+
+    def choose(self, replicas: list[ReplicaView], tokens: int) -> ReplicaView | None:
+        usable = [v for v in replicas if v.can_ever_hold(tokens, self.headroom)]
+        if not usable:
+            return None
+        picked = self.rng.sample(usable, min(2, len(usable)))
+        return min(picked, key=lambda v: len(v.assigned))
+
+
+# global: the scheduler holds the only long queue (rankserve); power_of_two: the baseline.
+ROUTINGS: Registry[type[Routing]] = Registry(
+    "routing", {"global": KVBalancedRouting, "power_of_two": PowerOfTwoRouting}
+)
+
+
+def make_routing(config: SchedulerConfig) -> Routing:
+    return ROUTINGS[config.routing](config)
