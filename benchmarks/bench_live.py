@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import pickle
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,18 +32,13 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.engine_step_profile import fit, profile_dict  # noqa: E402
 from benchmarks.report import command_line, update_section  # noqa: E402
+from cluster.policies import POLICIES  # noqa: E402
 
 SECTION = "live-cpu-tiny"
 PROFILE_OUT = ROOT / "cluster" / "sim" / "profiles" / "cpu-tiny.json"
 RUNS_OUT = ROOT / "runs" / "bench_live_measurements.pickle"
 C_GRID_MS = (0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0)
 SCALED = ("intercept_ms", "per_token_ms", "decode_ctx_ms", "decode_seq_ms", "prefill_sq_ms")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def measure_alone(model_dir: Path) -> list[dict]:
@@ -181,13 +175,13 @@ def main(argv: list[str] | None = None) -> int:
     from serve_app.serve_cli import one_core_each
     from serve_app.tiny_model import build
 
-    policies = [x for x in args.policies.split(",") if x]
+    policies = POLICIES.parse_list([args.policies])
     model_dir = build()
     settings = {
         "model": str(model_dir),
         "num_replicas": args.replicas,
-        "max_num_seqs": args.max_num_seqs,
-        "policy": policies[0],
+        "engine": {"max_num_seqs": args.max_num_seqs},
+        "scheduler": {"policy": {"name": policies[0]}},
         "cpu_threads_bind": one_core_each(args.replicas),
     }
     workloads = [
@@ -200,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         steps = measure_alone(model_dir)  # before anything of ours runs
         launcher.init_ray("local", args.replicas)
         try:
-            ep = launcher.start(settings, "127.0.0.1", _free_port(), _free_port())
+            ep = launcher.start(settings, "127.0.0.1", launcher.free_port(), launcher.free_port())
             runs = []
             for label, arrivals, n in workloads:
                 items = load_workload(None, arrivals, n, args.seed, args.max_output_tokens)

@@ -1,2 +1,3 @@
-"""Cluster side of rankserve: the scheduling core (no Ray or vLLM imports), the simulator,
-and the thin Ray/vLLM adapters that host the core in a live cluster."""
+"""Cluster side of rankserve. The scheduling core (request life cycle, policies, routing, the
+Scheduler, metrics), the simulator (`sim/`) and workloads (`workload/`) are plain Python with no
+Ray or vLLM import; `runtime/` holds the Ray and vLLM adapters that host the core live."""

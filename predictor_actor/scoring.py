@@ -84,16 +84,22 @@ def predict_lengths(
 
 
 class ModelScorer:
-    """A trained model as the simulator's `WorkloadScorer`: the ranking model's scores and the
-    length regressor's predictions (both shipped defaults when `model_dir` is None; one model
-    for both when given, a ranking model's lengths coming from its calibration)."""
+    """Trained models as the simulator's `WorkloadScorer`: rank scores from `model_dir` and
+    predicted lengths from `length_model_dir` (None: the shipped ranking model and length
+    regressor; a ranking model's lengths come from its training-set calibration)."""
 
-    def __init__(self, model_dir: str | None = None, cache_dir: str | None = None) -> None:
-        self.model_dir = model_dir
+    def __init__(
+        self,
+        model_dir: str | Path | None = None,
+        length_model_dir: str | Path | None = None,
+        cache_dir: str | None = None,
+    ) -> None:
+        self.model_dir = str(model_dir) if model_dir else None
+        self.length_model_dir = str(length_model_dir) if length_model_dir else None
         self.cache_dir = cache_dir
 
     def predict(self, prompts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         return (
             score_prompts(self.model_dir, prompts, self.cache_dir),
-            predict_lengths(self.model_dir, prompts, self.cache_dir),
+            predict_lengths(self.length_model_dir, prompts, self.cache_dir),
         )

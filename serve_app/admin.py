@@ -32,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     from cluster.config import PolicyConfig
-    from cluster.scheduler_actor import ACTOR_NAME, NAMESPACE
+    from cluster.runtime.fleet import NAMESPACE
+    from cluster.runtime.scheduler_actor import ACTOR_NAME
 
     ray.init(address=args.address, namespace=NAMESPACE, log_to_driver=False)
     try:

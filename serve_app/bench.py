@@ -26,8 +26,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-from cluster.config import POLICIES
 from cluster.metrics import RequestTiming, ServingMetrics, summarize
+from cluster.policies import POLICIES
 from cluster.workload.workload import WorkloadItem
 
 IDLE_TIMEOUT_S = 120.0
@@ -189,7 +189,8 @@ def set_policy(ray_address: str, policy: str) -> None:
     import ray
 
     from cluster.config import PolicyConfig
-    from cluster.scheduler_actor import ACTOR_NAME, NAMESPACE
+    from cluster.runtime.fleet import NAMESPACE
+    from cluster.runtime.scheduler_actor import ACTOR_NAME
 
     if not ray.is_initialized():
         ray.init(address=ray_address, namespace=NAMESPACE, log_to_driver=False)
@@ -218,7 +219,6 @@ def simulate_like(
     """The simulator's prediction of `run`: same requests (with the prompt lengths the server
     counted), same scores, same policy, replicas and engine limits."""
     from cluster.config import EngineConfig, PolicyConfig, SchedulerConfig
-    from cluster.engine_replica import profile_path
     from cluster.sim.simulator import SimulationConfig, simulate
     from cluster.sim.step_time import load_profile
 
@@ -243,7 +243,7 @@ def simulate_like(
     config = SimulationConfig(
         scheduler=SchedulerConfig(policy=PolicyConfig(name=run.policy)),
         engine=engine,
-        profile=load_profile(profile_path(profile)),
+        profile=load_profile(profile),
         replicas=sum(r["alive"] for r in status["replicas"]),
     )
     return simulate(sim_items, config).metrics
@@ -288,10 +288,10 @@ def run(args: argparse.Namespace) -> int:
     items = load_workload(
         args.prompts, args.arrivals, args.num_requests, args.seed, args.max_output_tokens
     )
-    policies = [p.strip() for v in (args.policy or []) for p in v.split(",") if p.strip()]
-    unknown = [p for p in policies if p not in POLICIES]
-    if unknown:
-        print(f"unknown policy {unknown[0]!r}; choose from {', '.join(POLICIES)}", file=sys.stderr)
+    try:
+        policies = POLICIES.parse_list(args.policy or [])
+    except ValueError as e:
+        print(f"rankserve bench: error: {e}", file=sys.stderr)
         return 2
     if not policies:
         import httpx

@@ -14,9 +14,10 @@ from typing import Any
 
 
 def _model_scorer(model_dir: str | None) -> Any:
+    """`rankserve simulate --predictor DIR`: DIR's scores and lengths (None: shipped ones)."""
     from predictor_actor.scoring import ModelScorer
 
-    return ModelScorer(model_dir)
+    return ModelScorer(model_dir, model_dir)
 
 
 def _plain(module: str) -> Callable[[Any, str, str], None]:

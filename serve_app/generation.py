@@ -14,8 +14,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from cluster.engine_replica import GenerateCall, TokenChunk
-from cluster.request import Request
+from cluster.events import FinishReason
+from cluster.runtime.protocol import GenerateCall, SubmitRequest, TokenChunk
 from serve_app.openai_protocol import APIError
 from serve_app.scoring import Scorer
 
@@ -95,22 +95,21 @@ class GenerationPath:
     async def stream(
         self, inp: GenerationInput, record: GenerationRecord
     ) -> AsyncIterator[TokenChunk]:
-        """Yield the request's token chunks; the last one carries its finish reason ("stop" or
-        "length"). Raises GenerationFailed if the cluster gave up on it."""
+        """Yield the request's token chunks; the last one carries its finish reason (STOP or
+        LENGTH). Raises GenerationFailed if the cluster gave up on it."""
         score = await self.scorer.score(inp.prompt_text)
         record.score, record.predicted_tokens = score.score, score.predicted_tokens
-        request = Request(
+        submit = SubmitRequest(
             request_id=inp.request_id,
             prompt_tokens=len(inp.prompt_token_ids),
             max_tokens=inp.max_tokens,
-            arrival_time=0.0,  # set by the scheduler actor, on its clock
             score=score.score,
             predicted_tokens=score.predicted_tokens,
             slo=inp.slo,
             tenant=inp.tenant,
             priority_hint=inp.priority_hint,
         )
-        await self.scheduler.submit.remote(request)
+        await self.scheduler.submit.remote(submit)
         done = False
         try:
             async for chunk in self._dispatches(inp, record):
@@ -129,20 +128,22 @@ class GenerationPath:
         after = 0
         generated = record.output_token_ids
         while True:
-            ticket = await self.scheduler.wait_dispatch.remote(inp.request_id, after)
+            # The scheduler continues from what this caller holds (the record of what was
+            # delivered), and decides the dispatch's budget and whether it is a slice.
+            ticket = await self.scheduler.wait_dispatch.remote(
+                inp.request_id, after, len(generated)
+            )
             if ticket.error is not None:
                 raise GenerationFailed(ticket.error)
             after = ticket.dispatch_no
             record.dispatches += 1
-            remaining = inp.max_tokens - len(generated)
-            budget = min(ticket.max_new_tokens, remaining)
             call = GenerateCall(
                 request_id=inp.request_id,
                 dispatch_no=ticket.dispatch_no,
                 prompt_token_ids=inp.prompt_token_ids + generated,
-                max_new_tokens=budget,
+                max_new_tokens=ticket.max_new_tokens,
                 priority=ticket.priority,
-                final=budget == remaining,
+                final=ticket.final,
                 ignore_eos=inp.ignore_eos,
                 temperature=inp.temperature,
                 top_p=inp.top_p,
@@ -156,16 +157,17 @@ class GenerationPath:
                     if chunk.token_ids and record.first_token is None:
                         record.first_token = time.time()
                     generated.extend(chunk.token_ids)
-                    if chunk.finish_reason in ("stop", "length"):
-                        record.finish_reason = chunk.finish_reason
+                    reason = chunk.finish_reason
+                    if reason is not None and reason.ends_request:
+                        record.finish_reason = reason.value
                         record.finished = time.time()
                         yield chunk
                         return
-                    if chunk.finish_reason == "abort":
+                    if reason is FinishReason.ABORT:
                         raise GenerationFailed("aborted by the engine")
                     if chunk.token_ids or chunk.text:
                         yield TokenChunk(chunk.token_ids, chunk.text, None)
-                    if chunk.finish_reason == "slice":
+                    if reason is FinishReason.SLICE:
                         break  # back in the global queue: wait for the next dispatch
             except _replica_gone_errors() as exc:
                 logger.warning(

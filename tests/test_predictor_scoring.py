@@ -8,7 +8,7 @@ from cluster.rank_agreement import kendall_tau_b
 from predictor_actor.model import DEFAULT_LENGTH_MODEL_DIR, DEFAULT_MODEL_DIR, RankingModel
 from predictor_actor.records import load_labelled
 from predictor_actor.scoring import predict_lengths, score_prompts
-from tests.test_predictor_cli import FIXTURE
+from tests.support import PREDICTOR_FIXTURE as FIXTURE
 
 
 def test_shipped_models_are_small_documented_and_redistributable():

@@ -13,13 +13,13 @@ import numpy as np
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from cluster.config import POLICIES, EngineConfig, PolicyConfig, SchedulerConfig
+from cluster.config import EngineConfig, PolicyConfig, SchedulerConfig
+from cluster.policies import POLICIES
 from cluster.sim.simulator import SimulationConfig, simulate
 from cluster.sim.step_time import load_profile
 from cluster.workload.arrivals import arrival_times
 from cluster.workload.workload import WorkloadItem
-from tests.sim_audit import audited_simulation
-from tests.test_simulator import assert_conserved
+from tests.sim_audit import Ledger, assert_conserved
 
 PROFILE = load_profile("a100-llama3-8b")
 BLOCK = PROFILE.block_size
@@ -64,7 +64,7 @@ def scenarios(draw, max_requests: int = 30) -> tuple[list[WorkloadItem], Simulat
     least = math.ceil(need / (1 - HEADROOM))
     blocks = draw(st.integers(least, 2 * least))
     policy = PolicyConfig(
-        name=draw(st.sampled_from(POLICIES)),
+        name=draw(st.sampled_from(POLICIES.names)),
         starvation_threshold=draw(st.integers(1, 6)),
         priority_quantum=draw(st.integers(1, 6)),
         ssjf_max_wait_s=draw(st.sampled_from([0.5, 5.0, 100.0])),
@@ -90,8 +90,8 @@ def scenarios(draw, max_requests: int = 30) -> tuple[list[WorkloadItem], Simulat
 @given(scenarios())
 def test_every_request_finishes_once_with_exactly_its_tokens_and_no_block_leaks(scenario):
     items, config = scenario
-    with audited_simulation() as ledger:
-        result = simulate(items, config)
+    ledger = Ledger()
+    result = simulate(items, config, engine_factory=ledger.engine_factory)
     assert_conserved(items, result, ledger)
     assert result.metrics.completions == len(items)
     # Shown by --hypothesis-show-statistics: how often the hard paths were taken.

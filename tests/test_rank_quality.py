@@ -10,6 +10,7 @@ from cluster.config import PolicyConfig, SchedulerConfig
 from cluster.rank_quality import MIN_SAMPLES, RankQualityMonitor
 from cluster.request import Request
 from cluster.scheduler import Scheduler
+from tests.support import run_through
 
 
 def serve(sched: Scheduler, answers: list[tuple[str, int, float | None, float | None, int]]):
@@ -19,9 +20,7 @@ def serve(sched: Scheduler, answers: list[tuple[str, int, float | None, float | 
     dispatched = sched.schedule()
     assert len(dispatched) == len(answers)
     for rid, produced, *_ in answers:
-        sched.on_running(rid)
-        sched.on_tokens(rid, produced)
-        sched.on_finished(rid)
+        run_through(sched, rid, produced)
 
 
 def make_scheduler(window: int = 1000) -> Scheduler:

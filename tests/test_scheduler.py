@@ -5,25 +5,16 @@ from __future__ import annotations
 
 import pytest
 
-from cluster.clock import VirtualClock
-from cluster.config import PolicyConfig, SchedulerConfig
-from cluster.placement import ReplicaLoad
+from cluster.config import SchedulerConfig
+from cluster.events import FinishReason
 from cluster.request import InvalidTransition, Request, RequestState
-from cluster.scheduler import Scheduler, UnknownRequest, engine_priority
-from tests.sim_audit import Ledger, apply_step, drive, make_engine, register
+from cluster.scheduler import UnknownRequest, engine_priority
+from tests.sim_audit import Ledger, drive, make_engine, register
+from tests.support import events, make_request, report_load, run_through
+from tests.support import make_scheduler as scheduler
 
-
-def scheduler(policy: str = "fcfs", **kw) -> tuple[Scheduler, VirtualClock]:
-    clock = VirtualClock()
-    return Scheduler(SchedulerConfig(policy=PolicyConfig(name=policy), **kw), clock), clock
-
-
-def request(rid: str, prompt: int = 16, output: int = 8, arrival: float = 0.0, **kw) -> Request:
-    return Request(rid, prompt, output, arrival, output_tokens=output, **kw)
-
-
-def report(sched: Scheduler, replica_id: str, free: int, total: int, running: int = 0) -> None:
-    sched.update_load(ReplicaLoad(replica_id, running, 0, free, total))
+request = make_request
+report = report_load
 
 
 # ---- placement ----------------------------------------------------------------------------
@@ -52,9 +43,7 @@ def test_never_dispatches_beyond_max_num_seqs():
     first = sched.schedule()
     assert sorted(d.replica_id for d in first) == ["a", "a", "b", "b", "b"]
     assert sched.schedule() == []
-    sched.on_running("q0")
-    sched.on_tokens("q0", 8)
-    sched.on_finished("q0")
+    run_through(sched, "q0", 8)
     again = sched.schedule()
     assert [(d.request.request_id, d.replica_id) for d in again] == [("q5", first[0].replica_id)]
 
@@ -97,12 +86,10 @@ def test_dispatched_blocks_count_until_the_replica_reports_them():
     for i in range(3):
         sched.submit(request(f"q{i}", prompt=4 * 16))
     assert [d.request.request_id for d in sched.schedule()] == ["q0", "q1"]  # 8 of 10 blocks
-    sched.on_running("q0")
-    sched.on_running("q1")
+    sched.apply(events("a", started=["q0", "q1"]))
     report(sched, "a", 2, 10, running=2)  # now the report shows them
     assert sched.schedule() == []
-    sched.on_tokens("q0", 8)
-    sched.on_finished("q0")
+    run_through(sched, "q0", 8)
     report(sched, "a", 6, 10, running=1)
     assert [d.request.request_id for d in sched.schedule()] == ["q2"]
 
@@ -168,9 +155,7 @@ def test_a_slice_ends_with_the_request_queued_and_ranked_by_what_is_left():
     (d,) = sched.schedule()
     assert d.max_new_tokens == 10
     sched.submit(request("mid", output=16))
-    sched.on_running("long")
-    sched.on_tokens("long", 10)
-    sched.on_slice_end("long")
+    run_through(sched, "long", 10, FinishReason.SLICE)
     long = sched.get("long")
     assert long.state is RequestState.QUEUED and long.replica_id is None
     assert long.generated == 10 and long.remaining_tokens == 15
@@ -214,8 +199,7 @@ def test_removed_replica_returns_its_requests_which_finish_elsewhere():
         if not b.has_work():
             break
         clock.advance_to(clock.now() + 0.01)
-        apply_step(sched, b.step())
-        sched.update_load(b.load())
+        sched.apply(b.events(b.step()))
     for rid in on_a:
         d = redispatched[rid]
         assert d.replica_id == "b" and d.max_new_tokens == outputs[rid] - progress[rid]
@@ -255,26 +239,32 @@ def test_life_cycle_transitions():
     r = sched.get("q")
     assert r.state is RequestState.QUEUED
     with pytest.raises(InvalidTransition):
-        sched.on_finished("q")  # queued -> finished
+        sched.apply(events(ended={"q": FinishReason.LENGTH}))  # queued -> finished
     sched.schedule()
     assert r.state is RequestState.DISPATCHED and r.replica_id == "a"
-    sched.on_running("q")
+    sched.apply(events(started=["q"]))
     assert r.state is RequestState.RUNNING
     clock.advance_to(1.0)
-    sched.on_tokens("q", 1)
+    sched.apply(events(tokens={"q": 1}))
     clock.advance_to(1.5)
-    sched.on_tokens("q", 2)
+    sched.apply(events(tokens={"q": 2}))
     clock.advance_to(2.0)
-    sched.on_finished("q")
+    assert sched.apply(events(ended={"q": FinishReason.LENGTH})) == [r]
     assert r.state is RequestState.FINISHED and r.state.is_terminal
     assert (r.first_token_time, r.last_token_time, r.finish_time) == (1.0, 1.5, 2.0)
     assert r.generated == 3 and r.max_token_gap == 0.5
+    # Late news of an ended request (reports can trail an abort) changes nothing.
+    for late in (
+        events(ended={"q": FinishReason.LENGTH}),
+        events(ended={"q": FinishReason.SLICE}),
+        events(failed={"q": "late"}),
+        events(tokens={"q": 5}),
+    ):
+        assert sched.apply(late) == []
+    assert r.state is RequestState.FINISHED and r.generated == 3 and r.error is None
+    assert sched.stats().finished == 1 and sched.stats().failed == 0
     with pytest.raises(InvalidTransition):
-        sched.on_finished("q")  # finished once only
-    with pytest.raises(InvalidTransition):
-        sched.on_slice_end("q")
-    with pytest.raises(InvalidTransition):
-        sched.on_failed("q", "late")
+        sched.fail("q", "late")  # a host that insists gets the error
     assert sched.forget("q") is r
     with pytest.raises(UnknownRequest):
         sched.get("q")
@@ -311,8 +301,7 @@ def test_input_errors():
         sched.submit(Request("zero", 8, 0, 0.0))
     with pytest.raises(ValueError, match="still queued"):
         sched.forget("q")
-    with pytest.raises(UnknownRequest):
-        sched.on_tokens("ghost", 1)
+    assert sched.apply(events(tokens={"ghost": 1}, ended={"ghost": FinishReason.STOP})) == []
 
 
 def test_preemption_report_keeps_the_request_on_its_replica():

@@ -112,13 +112,17 @@ def test_serve_config_from_cli_strings_and_yaml_values():
         {
             "model": "~/m",
             "num_replicas": "3",
-            "slice_tokens": "none",
+            "scheduler.slice_tokens": "none",  # serve run app key=value: dotted strings
             "cpu_threads_bind": "0,1,1",
-            "replica_num_cpus": "0.5",
+            "replica": {"num_cpus": "0.5", "kind": "simulated"},  # YAML: a nested section
+            "engine.max_num_seqs": "8",
+            "scheduler": {"policy": {"name": "fcfs"}},
         }
     )
-    assert cfg.num_replicas == 3 and cfg.slice_tokens is None
-    assert cfg.cpu_threads_bind == ("0", "1", "1") and cfg.replica_num_cpus == 0.5
+    assert cfg.num_replicas == 3 and cfg.scheduler.slice_tokens is None
+    assert cfg.cpu_threads_bind == ("0", "1", "1") and cfg.replica.num_cpus == 0.5
+    assert cfg.engine.max_num_seqs == 8 and cfg.engine.max_model_len == 2048  # serving default
+    assert cfg.scheduler.policy.name == "fcfs" and cfg.replica.kind == "simulated"
     assert not cfg.model.startswith("~")
     specs = cfg.replica_specs()
     assert [s.replica_id for s in specs] == ["replica-0", "replica-1", "replica-2"]
@@ -127,18 +131,21 @@ def test_serve_config_from_cli_strings_and_yaml_values():
 
 
 @pytest.mark.parametrize(
-    "data",
+    ("data", "named"),
     [
-        {"num_replicas": 1},  # no model
-        {"model": "m", "colour": "red"},
-        {"model": "m", "policy": "random"},
-        {"model": "m", "engine": "tgi"},
-        {"model": "m", "num_replicas": "two"},
-        {"model": "m", "num_replicas": 2, "cpu_threads_bind": ["0"]},
+        ({"num_replicas": 1}, "model"),
+        ({"model": "m", "colour": "red"}, "colour"),
+        ({"model": "m", "scheduler.policy.name": "random"}, "policy"),
+        ({"model": "m", "replica": {"kind": "tgi"}}, "engine"),
+        ({"model": "m", "engine": "vllm"}, "engine"),  # a section given a value
+        ({"model": "m", "num_replicas": "two"}, "num_replicas"),
+        ({"model": "m", "engine.max_num_seqs": "1.5"}, "engine.max_num_seqs"),
+        ({"model": "m", "num_replicas": 2, "cpu_threads_bind": ["0"]}, "cpu_threads_bind"),
+        ({"model": "m", "predictor": {"scorer": "magic"}}, "scorer"),
     ],
 )
-def test_serve_config_rejects_bad_settings(data):
-    with pytest.raises(ValueError):
+def test_serve_config_rejects_bad_settings_naming_them(data, named):
+    with pytest.raises(ValueError, match=named):
         ServeConfig.from_dict(data)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from cluster.config import EngineConfig
+from cluster.events import FinishReason
 from cluster.request import Request
 from cluster.scheduler import Dispatch
 from cluster.sim.engine import SimulatedEngine
@@ -14,13 +15,19 @@ from tests.sim_audit import STEP_TIME, AuditedEngine, Ledger, make_engine
 
 
 def dispatch(
-    engine: SimulatedEngine, seq: int, prompt: int, priority: int, max_new: int, generated: int = 0
+    engine: SimulatedEngine,
+    seq: int,
+    prompt: int,
+    priority: int,
+    max_new: int,
+    generated: int = 0,
+    final: bool = True,
 ) -> Request:
     """Hand the engine a request as the scheduler would (its seq numbers arrivals)."""
     r = Request(f"q{seq}", prompt, generated + max_new, 0.0, output_tokens=generated + max_new)
     r.seq = seq
     r.generated = generated
-    engine.add(Dispatch(r, engine.replica_id, priority, max_new))
+    engine.add(Dispatch(r, engine.replica_id, priority, max_new, final))
     return r
 
 
@@ -202,11 +209,12 @@ def test_max_num_seqs_caps_the_batch_and_admission_follows_priority():
 def test_slice_ends_after_max_new_tokens():
     ledger = Ledger()
     engine = make_engine(ledger)
-    r = dispatch(engine, 0, prompt=10, priority=0, max_new=4, generated=6)
+    r = dispatch(engine, 0, prompt=10, priority=0, max_new=4, generated=6, final=False)
     r.max_tokens = r.output_tokens = 30  # a slice of 4 tokens of a longer answer
     results = run_to_end(engine)
     assert results[0].prefill_tokens == 16  # the prompt and the 6 tokens it had
     assert r.generated == 10 and names(results[-1].done) == ["q0"]
+    assert engine.events(results[-1]).ended == {"q0": FinishReason.SLICE}
     ledger.assert_drained()
 
 
@@ -236,7 +244,7 @@ def test_load_report_and_input_errors():
     assert (load.replica_id, load.num_running, load.num_waiting) == ("r0", 1, 1)
     assert (load.free_kv_blocks, load.total_kv_blocks) == (13, 16)
     with pytest.raises(ValueError, match="already on replica r0"):
-        engine.add(Dispatch(r, "r0", 0, 5))
+        engine.add(Dispatch(r, "r0", 0, 5, True))
     small = AuditedEngine(
         ledger,
         "r1",

@@ -10,13 +10,14 @@ import math
 import numpy as np
 import pytest
 
-from cluster.config import POLICIES, ROUTINGS, EngineConfig, PolicyConfig, SchedulerConfig
-from cluster.request import RequestState
-from cluster.sim.simulator import SimulationConfig, SimulationResult, simulate
+from cluster.config import EngineConfig, PolicyConfig, SchedulerConfig
+from cluster.policies import POLICIES
+from cluster.routing import ROUTINGS
+from cluster.sim.simulator import SimulationConfig, simulate
 from cluster.sim.step_time import load_profile
 from cluster.workload.prompts import PromptRecord
 from cluster.workload.workload import WorkloadItem, build_workload
-from tests.sim_audit import Ledger, audited_simulation
+from tests.sim_audit import Ledger, assert_conserved
 
 PROFILE = load_profile("a100-llama3-8b")
 
@@ -83,30 +84,10 @@ def config(
     )
 
 
-def assert_conserved(items: list[WorkloadItem], result: SimulationResult, ledger: Ledger) -> None:
-    """Every request finished exactly once with exactly its output tokens, nothing leaked."""
-    ledger.assert_drained()
-    assert result.stopped_by == "drained" and result.unfinished == 0
-    assert result.metrics.completions == len(items) and result.metrics.failed == 0
-    want = {it.request_id: it.output_tokens for it in items}
-    assert {r.request_id for r in result.requests} == set(want)
-    for r in result.requests:
-        rid = r.request_id
-        assert r.state is RequestState.FINISHED
-        assert r.generated == want[rid] == ledger.tokens[rid]
-        assert ledger.finishes[rid] == 1
-        assert r.arrival_time <= r.first_token_time <= r.finish_time
-        assert r.last_token_time == r.finish_time
-    assert sum(t.output_tokens for t in result.timings) == sum(want.values())
-    assert result.engine_preemptions == sum(ledger.preempted.values())
-    assert sum(r.num_preemptions for r in result.requests) == result.engine_preemptions
-    assert ledger.reacquired == ledger.preempted  # every preempted request came back
-
-
-@pytest.mark.parametrize("routing", ROUTINGS)
+@pytest.mark.parametrize("routing", ROUTINGS.names)
 @pytest.mark.parametrize("replicas", [1, 3])
 @pytest.mark.parametrize("slice_tokens", [None, 16])
-@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("policy", POLICIES.names)
 def test_conservation(policy, slice_tokens, replicas, routing):
     items = workload(80, seed=7)
     cfg = config(
@@ -120,8 +101,8 @@ def test_conservation(policy, slice_tokens, replicas, routing):
         starvation_threshold=6,
         priority_quantum=4,
     )
-    with audited_simulation() as ledger:
-        result = simulate(items, cfg)
+    ledger = Ledger()
+    result = simulate(items, cfg, engine_factory=ledger.engine_factory)
     assert_conserved(items, result, ledger)
     assert len(ledger.engines) == replicas
     assert all(e.steps > 0 for e in ledger.engines)  # placement spread the work
@@ -135,8 +116,8 @@ def test_conservation(policy, slice_tokens, replicas, routing):
 
 def test_a_small_cache_forces_preemptions_and_everything_still_finishes():
     items = workload(60, seed=3, arrivals="burst")
-    with audited_simulation() as ledger:
-        result = simulate(items, config("fcfs", num_kv_blocks=40))
+    ledger = Ledger()
+    result = simulate(items, config("fcfs", num_kv_blocks=40), engine_factory=ledger.engine_factory)
     assert_conserved(items, result, ledger)
     assert result.engine_preemptions > 0 and sum(ledger.reacquired.values()) > 0
 
@@ -144,8 +125,8 @@ def test_a_small_cache_forces_preemptions_and_everything_still_finishes():
 def test_ltr_promotions_make_extra_slices_and_still_conserve():
     items = workload(60, seed=11, arrivals="burst")
     cfg = config("ltr", max_num_seqs=4, starvation_threshold=3, priority_quantum=5)
-    with audited_simulation() as ledger:
-        result = simulate(items, cfg)
+    ledger = Ledger()
+    result = simulate(items, cfg, engine_factory=ledger.engine_factory)
     assert_conserved(items, result, ledger)
     assert result.slices > 0  # promoted requests ran quantum-token slices
     assert any(r.num_dispatches > 1 for r in result.requests)
@@ -230,15 +211,15 @@ def test_replicas_must_be_positive():
         config(replicas=0)
 
 
-@pytest.mark.parametrize("routing", ROUTINGS)
+@pytest.mark.parametrize("routing", ROUTINGS.names)
 def test_a_mixed_cluster_conserves_and_the_global_queue_fills_the_bigger_replicas(routing):
     a100, h100 = PROFILE, load_profile("h100-llama3-8b")
     items = workload(3000, seed=2, arrivals="burst", max_output=64)
     cfg = dataclasses.replace(
         config("fcfs", replicas=4, routing=routing), replica_profiles=(a100, h100, a100, h100)
     )
-    with audited_simulation() as ledger:
-        result = simulate(items, cfg)
+    ledger = Ledger()
+    result = simulate(items, cfg, engine_factory=ledger.engine_factory)
     assert_conserved(items, result, ledger)
     served = {e.replica_id: 0 for e in ledger.engines}
     for r in result.requests:

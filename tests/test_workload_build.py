@@ -3,7 +3,7 @@ import pytest
 
 from cluster.workload.prompts import PromptRecord, read_prompt_file
 from cluster.workload.workload import build_workload
-from tests.workload_shared import FIXTURE
+from tests.support import FIXTURE
 
 AZURE_CSV = """TIMESTAMP,ContextTokens,GeneratedTokens
 2023-11-16 18:15:46.0000000,374,44

@@ -13,7 +13,7 @@ from cluster.workload.datasets import (
 )
 from cluster.workload.prompts import PromptRecord, read_prompt_file
 from serve_app.cli import main
-from tests.workload_shared import FIXTURE, SHARED, needs_shared
+from tests.support import FIXTURE, SHARED, needs_shared
 
 
 def test_parse_split():

@@ -10,7 +10,7 @@ from cluster.workload.prompts import (
     read_prompt_file,
     write_prompt_file,
 )
-from tests.workload_shared import FIXTURE
+from tests.support import FIXTURE
 
 
 def _write_lines(path, lines):

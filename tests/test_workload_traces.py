@@ -6,7 +6,7 @@ import pytest
 
 from cluster.workload.arrivals import ArrivalSpecError, arrival_times, replay_trace
 from cluster.workload.traces import TraceFormatError, TraceRow, load_trace
-from tests.workload_shared import SHARED, needs_shared
+from tests.support import SHARED, needs_shared
 
 AZURE_CSV = """TIMESTAMP,ContextTokens,GeneratedTokens
 2023-11-16 18:15:46.6805900,374,44

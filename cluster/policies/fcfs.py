@@ -7,6 +7,5 @@ from cluster.request import Request
 
 
 class FCFSQueue(StaticKeyQueue):
-
     def key(self, request: Request) -> float:
         return float(request.seq)

@@ -6,9 +6,8 @@ The order changes with time, so it is recomputed for every round, vectorised ove
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -24,7 +23,6 @@ _FIRST_BATCH = 64
 
 
 class HRRNQueue(RequestQueue):
-
     def __init__(self, config: PolicyConfig) -> None:
         super().__init__(config)
         self._requests: list[Request] = []

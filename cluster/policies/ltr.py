@@ -12,10 +12,9 @@ request hold a slot it would not get by rank.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import heapq
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from cluster.policies.base import PROMOTED_PRIORITY, LazyHeap, RequestQueue
 from cluster.request import Request
@@ -25,7 +24,6 @@ if TYPE_CHECKING:
 
 
 class LTRQueue(RequestQueue):
-
     def __init__(self, config: PolicyConfig) -> None:
         super().__init__(config)
         self._by_score = LazyHeap()

@@ -8,7 +8,6 @@ from cluster.request import Request
 
 
 class OracleQueue(StaticKeyQueue):
-
     def key(self, request: Request) -> float:
         if request.output_tokens is None:
             raise ValueError(f"oracle policy needs the true output length of {request.request_id}")

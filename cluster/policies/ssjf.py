@@ -5,10 +5,9 @@ order in which they aged."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import heapq
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from cluster.policies.base import PROMOTED_PRIORITY, LazyHeap, RequestQueue
 from cluster.request import Request
@@ -29,7 +28,6 @@ def predicted_service_s(request: Request, config: PolicyConfig) -> float:
 
 
 class SSJFQueue(RequestQueue):
-
     def __init__(self, config: PolicyConfig) -> None:
         super().__init__(config)
         self._by_time = LazyHeap()

@@ -78,9 +78,7 @@ class SimulatedEngine:
         context = request.prompt_tokens + request.generated
         if context + 1 > self.config.max_model_len:
             raise ValueError(f"{request.request_id}: {context} tokens exceed max_model_len")
-        seq = Sequence(
-            request, dispatch.priority, context, dispatch.max_new_tokens, dispatch.final
-        )
+        seq = Sequence(request, dispatch.priority, context, dispatch.max_new_tokens, dispatch.final)
         self._by_id[request.request_id] = seq
         heapq.heappush(self._waiting, (seq.priority, request.seq, seq))
 

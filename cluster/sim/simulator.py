@@ -228,4 +228,3 @@ def simulate(
         time_to_k_s=time_to_k,
         stopped_by=stopped_by,
     )
-

@@ -12,13 +12,12 @@ The first request arrives at t = 0 in every process; times are non-decreasing.
 
 from __future__ import annotations
 
-from cluster.numbers import ceil_div
-
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from cluster.numbers import ceil_div
 from cluster.workload.traces import Trace, load_trace
 
 KINDS = ("burst", "poisson", "gamma", "trace")

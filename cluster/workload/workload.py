@@ -10,12 +10,11 @@ prompts; the simulator stops at K completions or at a time limit, so it needs no
 
 from __future__ import annotations
 
-from cluster.numbers import ceil_div
-
 from dataclasses import dataclass
 
 import numpy as np
 
+from cluster.numbers import ceil_div
 from cluster.workload.arrivals import arrival_times, parse_arrivals, replay_trace
 from cluster.workload.prompts import PromptRecord
 from cluster.workload.traces import load_trace

@@ -6,7 +6,6 @@ dispatched again several times, yet the client gets one unbroken stream of exact
 from __future__ import annotations
 
 import json
-import socket
 import time
 
 import pytest
@@ -22,25 +21,20 @@ MODEL = "rankserve-tiny-llama"
 SLICE = 8
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def url(tmp_path_factory):
     settings = {
-        "engine": "simulated",
         "num_replicas": 2,
-        "max_num_seqs": 4,
-        "slice_tokens": SLICE,
-        "scorer": "heuristic",
-        "work_dir": str(tmp_path_factory.mktemp("sim")),
+        "engine": {"max_num_seqs": 4},
+        "scheduler": {"slice_tokens": SLICE},
+        "replica": {"kind": "simulated", "work_dir": str(tmp_path_factory.mktemp("sim"))},
+        "predictor": {"scorer": "heuristic"},
     }
     launcher.init_ray("local", 2)
     try:
-        yield launcher.start(settings, "127.0.0.1", _free_port(), _free_port(), 300).http
+        yield launcher.start(
+            settings, "127.0.0.1", launcher.free_port(), launcher.free_port(), 300
+        ).http
     finally:
         launcher.stop()
 
@@ -94,13 +88,11 @@ def test_redeploy_with_new_engine_settings_reaches_the_replicas(url, tmp_path):
     from serve_app.app import APP_NAME, build_app
 
     settings = {
-        "engine": "simulated",
         "num_replicas": 2,
-        "max_num_seqs": 6,
-        "slice_tokens": SLICE,
-        "scorer": "heuristic",
-        "policy": "fcfs",
-        "work_dir": str(tmp_path),
+        "engine": {"max_num_seqs": 6},
+        "scheduler": {"slice_tokens": SLICE, "policy": {"name": "fcfs"}},
+        "replica": {"kind": "simulated", "work_dir": str(tmp_path)},
+        "predictor": {"scorer": "heuristic"},
     }
     serve.run(build_app(settings), name=APP_NAME, route_prefix="/", blocking=False)
     launcher.wait_ready(url + "/ready", 120)

@@ -1,0 +1,200 @@
+"""The engine replica fleet: starts the replica actors (in parallel, named so operators find
+them), watches their health, replaces dead ones, grows and shrinks the set. The scheduler actor
+owns one and hears of each replica coming up or going away through two callbacks."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import ray
+
+from cluster.replicas import ReplicaLoad
+from cluster.runtime.protocol import ReplicaInfo
+from cluster.runtime.replica import EngineReplica
+from cluster.runtime.spec import ReplicaSpec
+
+logger = logging.getLogger(__name__)
+
+NAMESPACE = "rankserve"
+NAME_RETRIES = 60
+
+
+def replica_actor_name(replica_id: str) -> str:
+    """Replica actors are named (in NAMESPACE) so operators can find them: `ray list actors`."""
+    return f"rankserve-{replica_id}"
+
+
+def next_replica_id(ids: list[str]) -> str:
+    n = len(ids)
+    while f"replica-{n}" in ids:
+        n += 1
+    return f"replica-{n}"
+
+
+def plan_scale(specs: list[ReplicaSpec], num_replicas: int) -> tuple[list[ReplicaSpec], list[str]]:
+    """The specs after scaling to `num_replicas` (new ones copy the first spec), and the ids of
+    the replicas to remove (the newest first go)."""
+    if num_replicas < 1:
+        raise ValueError("num_replicas must be >= 1")
+    if not specs:
+        raise ValueError("no replica to copy a spec from")
+    kept = list(specs[:num_replicas])
+    ids = [s.replica_id for s in specs]
+    while len(kept) < num_replicas:
+        new_id = next_replica_id(ids)
+        ids.append(new_id)
+        kept.append(dataclasses.replace(specs[0], replica_id=new_id))
+    return kept, [s.replica_id for s in specs[num_replicas:]]
+
+
+def plan_reconcile(
+    current: list[ReplicaSpec], wanted: list[ReplicaSpec]
+) -> tuple[list[str], list[ReplicaSpec]]:
+    """For a (re)deployment: the replicas to remove (gone, or with changed settings) and the
+    specs to start (new, or replacing a changed one)."""
+    have = {s.replica_id: s for s in current}
+    want = {s.replica_id: s for s in wanted}
+    remove = [rid for rid, spec in have.items() if want.get(rid) != spec]
+    add = [spec for rid, spec in want.items() if have.get(rid) != spec]
+    return remove, add
+
+
+class ReplicaFleet:
+    HEALTH_INTERVAL_S = 2.0
+    HEALTH_TIMEOUT_S = 10.0
+
+    def __init__(
+        self,
+        specs: list[ReplicaSpec],
+        report_to: Callable[[], Any],
+        on_up: Callable[[ReplicaInfo], None],
+        on_down: Callable[[str, str], None],
+        replace_dead: bool = True,
+    ) -> None:
+        """`report_to()` gives the handle replicas send their events to (the scheduler actor's
+        own, known only once it runs)."""
+        self.specs: dict[str, ReplicaSpec] = {s.replica_id: s for s in specs}
+        self.handles: dict[str, Any] = {}
+        self.infos: dict[str, ReplicaInfo] = {}
+        self.loads: dict[str, ReplicaLoad] = {}  # as last reported
+        self._on_up = on_up
+        self._on_down = on_down
+        self._replace_dead = replace_dead
+        self._starting: dict[str, asyncio.Task] = {}
+        self._health: asyncio.Task | None = None
+        self._background: set[asyncio.Task] = set()
+        self._report_to = report_to
+
+    async def start(self) -> list[ReplicaInfo]:
+        """Start every configured replica that is not running yet (in parallel); idempotent.
+        Returns the capacities of the replicas now serving."""
+        for replica_id, spec in self.specs.items():
+            if replica_id not in self.handles and replica_id not in self._starting:
+                self._starting[replica_id] = asyncio.create_task(self._start_replica(spec))
+        pending = list(self._starting.values())
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+        if self._health is None:
+            self._health = asyncio.create_task(self._health_loop())
+        return list(self.infos.values())
+
+    async def _start_replica(self, spec: ReplicaSpec) -> None:
+        try:
+            handle = await self._create(spec)
+            info = await handle.start.remote()
+        except Exception:
+            logger.exception("replica %s failed to start", spec.replica_id)
+            raise
+        finally:
+            self._starting.pop(spec.replica_id, None)
+        self.handles[spec.replica_id] = handle
+        self.infos[spec.replica_id] = info
+        self.loads[spec.replica_id] = ReplicaLoad(
+            spec.replica_id, 0, 0, info.total_kv_blocks, info.total_kv_blocks
+        )
+        logger.info("replica %s up: %s", spec.replica_id, info)
+        self._on_up(info)
+
+    async def _create(self, spec: ReplicaSpec) -> Any:
+        cls = ray.remote(EngineReplica)
+        name = replica_actor_name(spec.replica_id)
+        for _ in range(NAME_RETRIES):
+            try:
+                return cls.options(name=name, namespace=NAMESPACE, **spec.actor_options()).remote(
+                    spec, self._report_to()
+                )
+            except ValueError:
+                # The replica this one replaces was just killed: its name frees up shortly.
+                await asyncio.sleep(0.5)
+        raise RuntimeError(f"actor name {name} stays taken")
+
+    async def settle(self) -> None:
+        """Wait for the replicas being started now."""
+        if self._starting:
+            await asyncio.gather(*self._starting.values(), return_exceptions=True)
+
+    async def scale(self, num_replicas: int) -> list[str]:
+        """Grow or shrink the fleet; removed replicas hand their requests back to the queue
+        (they continue elsewhere, with their prefix). Returns the replica ids after."""
+        kept, removed = plan_scale(list(self.specs.values()), num_replicas)
+        self.specs = {s.replica_id: s for s in kept}
+        for replica_id in removed:
+            self.drop(replica_id, "scaled down")
+        await self.start()
+        return list(self.specs)
+
+    async def reconcile(self, wanted: list[ReplicaSpec]) -> list[ReplicaInfo]:
+        """Bring the fleet to a (re)deployment's specs: changed replicas are replaced (their
+        requests continue on the others meanwhile), missing ones started."""
+        await self.settle()
+        remove, add = plan_reconcile(list(self.specs.values()), wanted)
+        for replica_id in remove:
+            del self.specs[replica_id]
+            self.drop(replica_id, "settings changed")
+        for spec in add:
+            self.specs[spec.replica_id] = spec
+        return await self.start()
+
+    def drop(self, replica_id: str, why: str) -> None:
+        handle = self.handles.pop(replica_id, None)
+        self.infos.pop(replica_id, None)
+        self.loads.pop(replica_id, None)
+        self._on_down(replica_id, why)
+        if handle is not None:
+            with contextlib.suppress(Exception):
+                ray.kill(handle)
+
+    async def check(self, replica_id: str) -> bool:
+        """Whether the replica answers; one that does not is dropped (and replaced)."""
+        handle = self.handles.get(replica_id)
+        if handle is None:
+            return False
+        try:
+            await asyncio.wait_for(handle.ping.remote(), self.HEALTH_TIMEOUT_S)
+            return True
+        except Exception as exc:  # noqa: BLE001 - any failure to answer means gone
+            why = f"health check failed: {type(exc).__name__}"
+        self.drop(replica_id, why)
+        if self._replace_dead and replica_id in self.specs:
+            task = asyncio.create_task(self.start())
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+        return False
+
+    async def _health_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.HEALTH_INTERVAL_S)
+            await asyncio.gather(*(self.check(r) for r in list(self.handles)))
+
+    async def shutdown(self) -> None:
+        """Stop the replicas' engines (their actors die with the scheduler actor)."""
+        if self._health is not None:
+            self._health.cancel()
+        await asyncio.gather(
+            *(h.shutdown.remote() for h in self.handles.values()), return_exceptions=True
+        )

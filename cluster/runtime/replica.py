@@ -1,0 +1,144 @@
+"""An engine replica: a Ray actor hosting one engine (cluster.runtime.engines), streaming tokens
+for the dispatches the scheduler made and reporting its load and its requests' progress back to
+the scheduler actor as `EngineEvents`.
+
+Tokens stream from here to the caller (the ingress) through a Ray streaming generator; the
+scheduler actor only receives coalesced reports (load, token counts, ends).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from cluster.events import EngineEvents, FinishReason
+from cluster.replicas import ReplicaLoad
+from cluster.runtime.engines import ENGINES
+from cluster.runtime.protocol import Engine, GenerateCall, ReplicaInfo, TokenChunk
+from cluster.runtime.spec import ReplicaSpec
+
+logger = logging.getLogger(__name__)
+
+
+class EngineReplica:
+    """The Ray actor (wrap with `ray.remote(EngineReplica).options(**spec.actor_options())`).
+
+    `scheduler` is the scheduler actor's handle (None when the replica is used on its own);
+    reports go to its `report(EngineEvents)` method.
+    """
+
+    # Token-count-only news is coalesced for this long; starts and ends go out at once.
+    REPORT_INTERVAL_S = 0.1
+
+    def __init__(self, spec: ReplicaSpec, scheduler: Any = None) -> None:
+        self.spec = spec
+        self._scheduler = scheduler
+        self._engine: Engine = ENGINES[spec.replica.kind](spec, self._on_step)
+        self._info: ReplicaInfo | None = None
+        self._pending = EngineEvents(spec.replica_id)
+        self._wake: asyncio.Event | None = None
+        self._reporter: asyncio.Task | None = None
+        self._active: dict[str, str] = {}  # request id -> engine request id
+        self._last_load: ReplicaLoad | None = None  # as last delivered to the scheduler
+
+    async def start(self) -> ReplicaInfo:
+        """Start the engine (idempotent); returns its capacity."""
+        if self._info is None:
+            self._info = await self._engine.start()
+            self._wake = asyncio.Event()
+            if self._scheduler is not None:
+                self._reporter = asyncio.create_task(self._report_loop())
+        return self._info
+
+    async def generate(self, call: GenerateCall) -> AsyncIterator[TokenChunk]:
+        """Stream `call`'s tokens (call with `.options(num_returns="streaming")`). Cancelling
+        the stream (the client went away) aborts the request in the engine."""
+        if self._info is None:
+            raise RuntimeError(f"replica {self.spec.replica_id} is not started")
+        rid = call.request_id
+        self._active[rid] = call.engine_request_id
+        started = False
+        reason: FinishReason | None = None
+        try:
+            async for chunk in self._engine.generate(call):
+                if chunk.token_ids:
+                    if not started:
+                        started = True
+                        self._pending.started.append(rid)
+                        self._kick()
+                    tokens = self._pending.tokens
+                    tokens[rid] = tokens.get(rid, 0) + len(chunk.token_ids)
+                if chunk.finish_reason is not None:
+                    reason = chunk.finish_reason
+                yield chunk
+        except asyncio.CancelledError:
+            reason = FinishReason.ABORT
+            await self._engine.abort(call.engine_request_id)
+            raise
+        except Exception as exc:
+            self._pending.failed[rid] = f"{type(exc).__name__}: {exc}"
+            reason = None
+            raise
+        finally:
+            self._active.pop(rid, None)
+            if reason is not None:
+                self._pending.ended[rid] = reason
+            elif rid not in self._pending.failed:
+                # The stream was closed early by its consumer (client gone): free the slot.
+                await self._engine.abort(call.engine_request_id)
+                self._pending.ended[rid] = FinishReason.ABORT
+            self._kick()
+
+    async def abort(self, request_id: str) -> None:
+        """Abort the request's current dispatch here, if it has one."""
+        engine_id = self._active.get(request_id)
+        if engine_id is not None:
+            await self._engine.abort(engine_id)
+
+    def load(self) -> ReplicaLoad:
+        running, waiting, free = self._engine.load()
+        total = self._info.total_kv_blocks if self._info else 0
+        if not self._active:
+            # The engine's last stats may predate its last request's end.
+            running, waiting, free = 0, 0, total
+        return ReplicaLoad(self.spec.replica_id, running, waiting, free, total)
+
+    def ping(self) -> str:
+        return self.spec.replica_id
+
+    def shutdown(self) -> None:
+        if self._reporter is not None:
+            self._reporter.cancel()
+        self._engine.shutdown()
+
+    # ---- reporting to the scheduler actor --------------------------------------------------
+
+    def _on_step(self) -> None:
+        if self._pending.has_events:
+            self._kick()
+
+    def _kick(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    async def _report_loop(self) -> None:
+        assert self._wake is not None
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.REPORT_INTERVAL_S)
+            self._wake.clear()
+            report, self._pending = self._pending, EngineEvents(self.spec.replica_id)
+            report.load = self.load()
+            quiet = not (report.has_events or report.tokens) and not self._active
+            if quiet and report.load == self._last_load:
+                continue
+            try:
+                await self._scheduler.report.remote(report)
+                self._last_load = report.load
+            except Exception as exc:  # noqa: BLE001 - a scheduler hiccup must not kill the replica
+                logger.warning("report to the scheduler failed (%s); retrying", exc)
+                self._pending = report.merge_before(self._pending)
+                await asyncio.sleep(self.REPORT_INTERVAL_S)

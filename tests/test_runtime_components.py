@@ -1,0 +1,115 @@
+"""The runtime's parts together on a real local Ray, below the HTTP level: the scheduler actor,
+its fleet of simulated engine replicas (the simulator's engine stepped in real time) and the
+ingress's GenerationPath, streaming in slices, scaling, and freeing the slot of a caller that
+goes away."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from cluster.config import EngineConfig, PolicyConfig, SchedulerConfig  # noqa: E402
+from cluster.runtime.scheduler_actor import SchedulerActor, scheduler_actor_options  # noqa: E402
+from cluster.runtime.spec import ReplicaConfig, replica_specs  # noqa: E402
+from serve_app.generation import GenerationInput, GenerationPath, GenerationRecord  # noqa: E402
+from serve_app.scoring import HeuristicScorer  # noqa: E402
+
+SLICE = 8
+
+
+@pytest.fixture(scope="module")
+def scheduler(ray_local, tmp_path_factory):
+    replica = ReplicaConfig(
+        kind="simulated", num_cpus=0.1, work_dir=str(tmp_path_factory.mktemp("sim"))
+    )
+    specs = replica_specs("/unused", EngineConfig(max_num_seqs=4), replica, 2)
+    config = SchedulerConfig(policy=PolicyConfig(name="fcfs"), slice_tokens=SLICE)
+    handle = (
+        ray.remote(SchedulerActor).options(**scheduler_actor_options(False)).remote(config, specs)
+    )
+    infos = ray.get(handle.start.remote(), timeout=120)
+    assert len(infos) == 2
+    yield handle
+    ray.get(handle.shutdown.remote(), timeout=60)
+    ray.kill(handle)
+
+
+def request(rid: str, max_tokens: int) -> GenerationInput:
+    return GenerationInput(rid, "hello", [1, 2, 3], max_tokens, ignore_eos=True)
+
+
+async def generate(path: GenerationPath, inp: GenerationInput) -> GenerationRecord:
+    record = GenerationRecord(prompt_tokens=len(inp.prompt_token_ids))
+    async for _ in path.stream(inp, record):
+        pass
+    return record
+
+
+def status(scheduler) -> object:
+    return ray.get(scheduler.status.remote(), timeout=30)
+
+
+def wait_idle(scheduler, timeout: float = 30.0):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        s = status(scheduler)
+        if s.queued + s.dispatched + s.running == 0 or time.monotonic() > deadline:
+            return s
+        time.sleep(0.1)
+
+
+def test_a_sliced_request_streams_exactly_its_tokens_and_is_counted_finished(scheduler):
+    before = status(scheduler)
+    path = GenerationPath(scheduler, HeuristicScorer())
+    record = asyncio.run(generate(path, request("one", 5 * SLICE + 3)))
+    assert len(record.output_token_ids) == 5 * SLICE + 3
+    assert record.dispatches == 6 and record.finish_reason == "length"
+    after = wait_idle(scheduler)
+    assert after.finished == before.finished + 1 and after.failed == before.failed
+    assert all(r.assigned == 0 for r in after.replicas)
+
+
+def test_requests_go_on_while_the_fleet_grows_and_shrinks(scheduler):
+    path = GenerationPath(scheduler, HeuristicScorer())
+
+    async def main():
+        lengths = [10 + 7 * i for i in range(10)]
+        tasks = [
+            asyncio.create_task(generate(path, request(f"scale-{i}", n)))
+            for i, n in enumerate(lengths)
+        ]
+        await asyncio.sleep(0.2)
+        assert await scheduler.scale.remote(3) == ["replica-0", "replica-1", "replica-2"]
+        await asyncio.sleep(0.2)
+        assert await scheduler.scale.remote(1) == ["replica-0"]
+        records = await asyncio.gather(*tasks)
+        return lengths, records
+
+    lengths, records = asyncio.run(main())
+    assert [len(r.output_token_ids) for r in records] == lengths
+    s = wait_idle(scheduler)
+    assert [r.replica_id for r in s.replicas] == ["replica-0"]
+    assert ray.get(scheduler.scale.remote(2), timeout=120) == ["replica-0", "replica-1"]
+
+
+def test_a_caller_that_goes_away_frees_its_slot_and_counts_as_failed(scheduler):
+    before = status(scheduler)
+    path = GenerationPath(scheduler, HeuristicScorer())
+
+    async def main():
+        record = GenerationRecord(prompt_tokens=3)
+        stream = path.stream(request("quitter", 500), record)
+        async for chunk in stream:
+            if chunk.token_ids:
+                break
+        await stream.aclose()
+
+    asyncio.run(main())
+    after = wait_idle(scheduler)
+    assert after.failed == before.failed + 1 and after.finished == before.finished
+    assert all(r.assigned == 0 for r in after.replicas)
