@@ -123,6 +123,24 @@ class Scheduler:
         self._requests[request.request_id] = request
         self.queue.add(request, self.clock.now())
 
+    def restore(self, request: Request, replica_id: str | None = None) -> None:
+        """Take back a request a restarted host learned of from the replicas or the callers,
+        with the tokens it has (`generated`) and its dispatch count: running on `replica_id`
+        (its slot and blocks are the replica's), or queued when None."""
+        if request.request_id in self._requests:
+            raise ValueError(f"duplicate request id {request.request_id}")
+        request.seq = next(self._seq)
+        self._requests[request.request_id] = request
+        if replica_id is None:
+            request.state = RequestState.QUEUED
+            request.replica_id = None
+            self.queue.add(request, self.clock.now())
+            return
+        view = self._replicas[replica_id]
+        request.state = RequestState.RUNNING
+        request.replica_id = replica_id
+        view.assign(request.request_id, 0)  # its blocks are in the replica's reports already
+
     def get(self, request_id: str) -> Request:
         try:
             return self._requests[request_id]
@@ -184,21 +202,23 @@ class Scheduler:
 
     def apply(self, events: EngineEvents) -> list[Request]:
         """Take in one replica's news. Returns the requests that it ended (finished or failed).
-        News of requests this scheduler no longer holds (aborted and forgotten meanwhile) or
-        from a replica it has dropped is ignored: reports can arrive late."""
+        News of requests this scheduler no longer holds (aborted and forgotten meanwhile), or
+        no longer has on that replica (moved on after the replica was dropped), is ignored:
+        reports can arrive late."""
         ended: list[Request] = []
+        here = events.replica_id
         for rid in events.preempted:
-            if (request := self._active(rid)) is not None:
+            if (request := self._active(rid, here)) is not None:
                 self._preempted(request)
         for rid in events.started:
-            if (request := self._active(rid)) is not None:
+            if (request := self._active(rid, here)) is not None:
                 self._running(request)
         now = self.clock.now()
         for rid, count in events.tokens.items():
-            if (request := self._active(rid)) is not None:
+            if (request := self._active(rid, here)) is not None:
                 request.record_tokens(count, now)
         for rid, reason in events.ended.items():
-            if (request := self._active(rid)) is None:
+            if (request := self._active(rid, here)) is None:
                 continue
             if reason is FinishReason.SLICE:
                 self._slices += 1
@@ -210,7 +230,7 @@ class Scheduler:
                 self._finish(request)
                 ended.append(request)
         for rid, error in events.failed.items():
-            if (request := self._active(rid)) is not None:
+            if (request := self._active(rid, here)) is not None:
                 self.fail(rid, error)
                 ended.append(request)
         view = self._replicas.get(events.replica_id)
@@ -281,9 +301,14 @@ class Scheduler:
 
     # ---- internals ------------------------------------------------------------------------
 
-    def _active(self, request_id: str) -> Request | None:
+    def _active(self, request_id: str, replica_id: str | None = None) -> Request | None:
+        """The request if it is still in flight (on `replica_id`, when given)."""
         request = self._requests.get(request_id)
-        return None if request is None or request.state.is_terminal else request
+        if request is None or request.state.is_terminal:
+            return None
+        if replica_id is not None and request.replica_id != replica_id:
+            return None
+        return request
 
     def _running(self, request: Request) -> None:
         if request.state is RequestState.DISPATCHED:

@@ -16,7 +16,7 @@ import ray
 
 from predictor_actor.batching import BatchingPredictor, Prediction, PredictorConfig
 
-ACTOR_NAME = "rankserve-predictor"
+ACTOR_NAME = "rankserve-predictor"  # cluster.runtime.names.PREDICTOR_ACTOR
 
 
 class PredictorActor:
@@ -51,13 +51,23 @@ def start_predictor_actor(
     num_cpus: float = 1.0,
     torch_threads: int | None = None,
     max_concurrency: int = 1000,
+    namespace: str | None = None,
 ):
-    """Start the predictor actor (named, so every ingress replica finds the same one; it lives
-    as long as the job that started it) and return its handle. `num_cpus` is what Ray reserves; `torch_threads` how many threads the
-    encoder uses (default: min(4, cores))."""
+    """Start the predictor actor and return its handle. Named (every ingress replica finds the
+    same one), it is detached, owned by no ingress, and restarted by Ray when it dies: callers
+    keep their handle across restarts. Unnamed, it lives as long as its caller (tests,
+    benchmarks). `num_cpus` is what Ray reserves; `torch_threads` how many threads the encoder
+    uses (default: min(4, cores))."""
     cls = ray.remote(PredictorActor)
     options = {"num_cpus": num_cpus, "max_concurrency": max_concurrency}
     if name:
-        options["name"] = name
-        options["get_if_exists"] = True
+        options.update(
+            name=name,
+            get_if_exists=True,
+            lifetime="detached",
+            max_restarts=-1,
+            max_task_retries=0,  # a call in flight at a death fails; the caller falls back
+        )
+        if namespace:
+            options["namespace"] = namespace
     return cls.options(**options).remote(config or PredictorConfig(), torch_threads)

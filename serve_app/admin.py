@@ -32,14 +32,13 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     from cluster.config import PolicyConfig
-    from cluster.runtime.fleet import NAMESPACE
-    from cluster.runtime.scheduler_actor import ACTOR_NAME
+    from cluster.runtime.names import NAMESPACE, SCHEDULER_ACTOR
 
     ray.init(address=args.address, namespace=NAMESPACE, log_to_driver=False)
     try:
-        scheduler = ray.get_actor(ACTOR_NAME, namespace=NAMESPACE)
+        scheduler = ray.get_actor(SCHEDULER_ACTOR, namespace=NAMESPACE)
     except ValueError:
-        print(f"no {ACTOR_NAME} actor on this cluster: is rankserve running?", file=sys.stderr)
+        print(f"no {SCHEDULER_ACTOR} actor on this cluster: is rankserve running?", file=sys.stderr)
         return 1
     if args.action == "status":
         print(json.dumps(asdict(ray.get(scheduler.status.remote())), indent=1))

@@ -189,12 +189,11 @@ def set_policy(ray_address: str, policy: str) -> None:
     import ray
 
     from cluster.config import PolicyConfig
-    from cluster.runtime.fleet import NAMESPACE
-    from cluster.runtime.scheduler_actor import ACTOR_NAME
+    from cluster.runtime.names import NAMESPACE, SCHEDULER_ACTOR
 
     if not ray.is_initialized():
         ray.init(address=ray_address, namespace=NAMESPACE, log_to_driver=False)
-    scheduler = ray.get_actor(ACTOR_NAME, namespace=NAMESPACE)
+    scheduler = ray.get_actor(SCHEDULER_ACTOR, namespace=NAMESPACE)
     ray.get(scheduler.set_policy.remote(PolicyConfig(name=policy)))
 
 

@@ -25,9 +25,14 @@ class PredictorSettings:
     model: str | None = None  # ranking model directory; None: the shipped one
     num_cpus: float = 0.5
     threads: int | None = 1  # torch threads of the predictor's encoder; None: auto
+    # A score call not answered in this time is scored by the heuristic (the request is served
+    # either way); the predictor is then skipped for a backoff and probed again.
+    deadline_s: float = 2.0
 
     def __post_init__(self) -> None:
         SCORERS.check(self.scorer)
+        if self.deadline_s <= 0:
+            raise ValueError("predictor.deadline_s must be > 0")
 
 
 def _serving_engine() -> EngineConfig:

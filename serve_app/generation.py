@@ -10,13 +10,13 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from cluster.events import FinishReason
 from cluster.runtime.protocol import GenerateCall, SubmitRequest, TokenChunk
-from serve_app.openai_protocol import APIError
 from serve_app.scoring import Scorer
 
 logger = logging.getLogger(__name__)
@@ -54,29 +54,19 @@ class GenerationRecord:
 
 
 class GenerationFailed(RuntimeError):
-    pass
+    """The cluster gave up on a request: `status` and `code` are what its client is told."""
 
-
-def check_lengths(prompt_tokens: int, max_tokens: int, max_model_len: int) -> None:
-    """The same limits vLLM enforces, checked before anything is queued."""
-    if max_tokens < 1:
-        raise APIError("max_tokens must be at least 1.", param="max_tokens")
-    if prompt_tokens < 1:
-        raise APIError("The prompt is empty.", param="prompt")
-    if prompt_tokens + max_tokens > max_model_len:
-        raise APIError(
-            f"This model's maximum context length is {max_model_len} tokens. However, you "
-            f"requested {prompt_tokens + max_tokens} tokens ({prompt_tokens} in the prompt, "
-            f"{max_tokens} in the completion). Please reduce the prompt or max_tokens.",
-            param="max_tokens" if prompt_tokens < max_model_len else "prompt",
-            code="context_length_exceeded",
-        )
+    def __init__(self, message: str, status: int = 500, code: str = "generation_failed") -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
 
 
 _RAY_GONE: tuple[type[BaseException], ...] = ()
 
 
-def _replica_gone_errors() -> tuple[type[BaseException], ...]:
+def _actor_gone_errors() -> tuple[type[BaseException], ...]:
+    """What a call to an actor that died (or is restarting) raises."""
     global _RAY_GONE  # noqa: PLW0603 - a cache of imported exception types, not state
     if not _RAY_GONE:
         from ray.exceptions import ActorUnavailableError, RayActorError
@@ -86,17 +76,55 @@ def _replica_gone_errors() -> tuple[type[BaseException], ...]:
 
 
 class GenerationPath:
-    """Shared by the HTTP and gRPC front ends of one ingress replica."""
+    """Shared by the HTTP and gRPC front ends of one ingress replica.
+
+    The ingress is the record of its requests: each call to the scheduler carries the request's
+    description and the tokens its client holds, so a scheduler that restarted takes the
+    request back where it was. A lease renewed every `LEASE_RENEW_S` tells the scheduler this
+    ingress is alive; when it lapses (the ingress died) its requests are aborted."""
+
+    LEASE_RENEW_S = 1.0
+    # How long a request waits for a scheduler that died to come back before it fails.
+    SCHEDULER_RETRY_S = 60.0
 
     def __init__(self, scheduler: Any, scorer: Scorer) -> None:
         self.scheduler = scheduler
         self.scorer = scorer
+        self.ingress_id = uuid.uuid4().hex[:12]
+        self._lease: asyncio.Task | None = None
+
+    async def _renew_lease(self) -> None:
+        while True:
+            with contextlib.suppress(Exception):  # a scheduler away now is retried next time
+                await self.scheduler.heartbeat.remote(self.ingress_id)
+            await asyncio.sleep(self.LEASE_RENEW_S)
+
+    async def _call(self, method: str, *args: Any) -> Any:
+        """A call to the scheduler actor, retried while it is down (Ray restarts it); the
+        request fails with a reason after SCHEDULER_RETRY_S."""
+        deadline = time.monotonic() + self.SCHEDULER_RETRY_S
+        delay = 0.1
+        while True:
+            try:
+                return await getattr(self.scheduler, method).remote(*args)
+            except _actor_gone_errors() as exc:
+                if time.monotonic() > deadline:
+                    raise GenerationFailed(
+                        f"the scheduler is unavailable ({type(exc).__name__})",
+                        503,
+                        "scheduler_unavailable",
+                    ) from exc
+                logger.warning("scheduler unavailable (%s); retrying", type(exc).__name__)
+                await asyncio.sleep(delay)
+                delay = min(2.0, delay * 2)
 
     async def stream(
         self, inp: GenerationInput, record: GenerationRecord
     ) -> AsyncIterator[TokenChunk]:
         """Yield the request's token chunks; the last one carries its finish reason (STOP or
         LENGTH). Raises GenerationFailed if the cluster gave up on it."""
+        if self._lease is None or self._lease.done():
+            self._lease = asyncio.create_task(self._renew_lease())
         score = await self.scorer.score(inp.prompt_text)
         record.score, record.predicted_tokens = score.score, score.predicted_tokens
         submit = SubmitRequest(
@@ -108,11 +136,13 @@ class GenerationPath:
             slo=inp.slo,
             tenant=inp.tenant,
             priority_hint=inp.priority_hint,
+            ingress_id=self.ingress_id,
+            arrival_wall=record.arrival,
         )
-        await self.scheduler.submit.remote(submit)
+        await self._call("submit", submit)
         done = False
         try:
-            async for chunk in self._dispatches(inp, record):
+            async for chunk in self._dispatches(submit, inp, record):
                 yield chunk
             done = True
         finally:
@@ -123,22 +153,20 @@ class GenerationPath:
                     self.scheduler.abort.remote(inp.request_id)
 
     async def _dispatches(
-        self, inp: GenerationInput, record: GenerationRecord
+        self, submit: SubmitRequest, inp: GenerationInput, record: GenerationRecord
     ) -> AsyncIterator[TokenChunk]:
         after = 0
         generated = record.output_token_ids
         while True:
             # The scheduler continues from what this caller holds (the record of what was
             # delivered), and decides the dispatch's budget and whether it is a slice.
-            ticket = await self.scheduler.wait_dispatch.remote(
-                inp.request_id, after, len(generated)
-            )
+            ticket = await self._call("wait_dispatch", submit, after, len(generated))
             if ticket.error is not None:
                 raise GenerationFailed(ticket.error)
             after = ticket.dispatch_no
             record.dispatches += 1
             call = GenerateCall(
-                request_id=inp.request_id,
+                submit=submit,
                 dispatch_no=ticket.dispatch_no,
                 prompt_token_ids=inp.prompt_token_ids + generated,
                 max_new_tokens=ticket.max_new_tokens,
@@ -169,14 +197,14 @@ class GenerationPath:
                         yield TokenChunk(chunk.token_ids, chunk.text, None)
                     if reason is FinishReason.SLICE:
                         break  # back in the global queue: wait for the next dispatch
-            except _replica_gone_errors() as exc:
+            except _actor_gone_errors() as exc:
                 logger.warning(
                     "%s: replica %s lost mid-stream (%s); continuing elsewhere",
                     inp.request_id,
                     ticket.replica_id,
                     type(exc).__name__,
                 )
-                gone = await self.scheduler.replica_failed.remote(ticket.replica_id)
+                gone = await self._call("replica_failed", ticket.replica_id)
                 if not gone:
                     # The replica lives but lost this stream: nothing will requeue the request.
                     raise GenerationFailed(f"stream from {ticket.replica_id} broke") from exc

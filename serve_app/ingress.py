@@ -21,7 +21,6 @@ from ray import serve
 
 from cluster.runtime.scheduler_actor import get_or_create
 from predictor_actor.request_log import RequestLogEntry, RequestLogWriter
-from predictor_actor.text import conversation_prompt
 from serve_app import openai_protocol as oa
 from serve_app.config import ServeConfig
 from serve_app.generation import (
@@ -29,14 +28,13 @@ from serve_app.generation import (
     GenerationInput,
     GenerationPath,
     GenerationRecord,
-    check_lengths,
 )
 from serve_app.proto import rankserve_pb2 as pb
+from serve_app.request_input import RequestInputs
 from serve_app.scoring import make_scorer
 
 logger = logging.getLogger(__name__)
 
-COMPLETION_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 STATUS_TIMEOUT_S = 5.0
 
 api = FastAPI(title="rankserve", description="OpenAI-compatible LLM serving with global ranking")
@@ -54,6 +52,8 @@ def _grpc_error(context: Any, e: oa.APIError) -> None:
     codes = {
         400: grpc.StatusCode.INVALID_ARGUMENT,
         404: grpc.StatusCode.NOT_FOUND,
+        408: grpc.StatusCode.DEADLINE_EXCEEDED,
+        429: grpc.StatusCode.RESOURCE_EXHAUSTED,
         503: grpc.StatusCode.UNAVAILABLE,
     }
     context.set_code(codes.get(e.status, grpc.StatusCode.INTERNAL))
@@ -67,7 +67,7 @@ class Ingress:
         from transformers import AutoTokenizer
 
         self.config = ServeConfig.from_dict(config)
-        self.tokenizer = AutoTokenizer.from_pretrained(self.config.model)
+        self.inputs = RequestInputs(self.config, AutoTokenizer.from_pretrained(self.config.model))
         self.created = int(time.time())
         self.scheduler = get_or_create(self.config.scheduler, self.config.replica_specs())
         # A scheduler that outlived an earlier deployment takes this one's settings. Engines take
@@ -91,87 +91,30 @@ class Ingress:
 
     # ---- shared -----------------------------------------------------------------------------
 
-    def _check_model(self, name: str) -> None:
-        if name != self.config.model_name:
-            raise oa.model_not_found(name)
-
-    def _encode(self, text: str, chat: bool) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=not chat)["input_ids"])
-
-    def _chat_text(self, messages: list[dict[str, str]]) -> str:
-        try:
-            return self.tokenizer.apply_chat_template(
-                messages, add_generation_prompt=True, tokenize=False
-            )
-        except Exception as e:  # a template may refuse an odd role order
-            raise oa.APIError(f"The messages cannot be rendered: {e}", param="messages") from None
-
-    def _input(
-        self,
-        body: oa._Body,
-        request_id: str,
-        prompt_text: str,
-        prompt_ids: list[int],
-        max_tokens: int | None,
-        default_max: int,
-    ) -> GenerationInput:
-        limit = self.config.engine.max_model_len
-        if max_tokens is None:
-            max_tokens = max(1, min(default_max, limit - len(prompt_ids)))
-        check_lengths(len(prompt_ids), max_tokens, limit)
-        return GenerationInput(
-            request_id=request_id,
-            prompt_text=prompt_text,
-            prompt_token_ids=prompt_ids,
-            max_tokens=max_tokens,
-            temperature=body.temperature,
-            top_p=body.top_p,
-            seed=body.seed,
-            stop=body.stop_list(),
-            ignore_eos=body.ignore_eos,
-            slo=body.slo,
-            tenant=body.tenant or body.user,
-            priority_hint=body.priority,
-        )
-
-    def _completion_input(self, body: oa.CompletionBody) -> GenerationInput:
-        self._check_model(body.model)
-        if isinstance(body.prompt, str):
-            text, ids = body.prompt, self._encode(body.prompt, chat=False)
-        else:
-            vocab = len(self.tokenizer)
-            if any(t < 0 or t >= vocab for t in body.prompt):
-                raise oa.APIError(f"Token ids must be in [0, {vocab}).", param="prompt")
-            text, ids = self.tokenizer.decode(body.prompt), list(body.prompt)
-        return self._input(
-            body, oa.new_id("cmpl"), text, ids, body.max_tokens, COMPLETION_DEFAULT_MAX_TOKENS
-        )
-
-    def _chat_input(self, body: oa.ChatBody) -> GenerationInput:
-        self._check_model(body.model)
-        messages = [{"role": m.role, "content": m.text()} for m in body.messages]
-        ids = self._encode(self._chat_text(messages), chat=True)
-        max_tokens = (
-            body.max_completion_tokens
-            if body.max_completion_tokens is not None
-            else body.max_tokens
-        )
-        return self._input(
-            body,
-            oa.new_id("chatcmpl"),
-            conversation_prompt(messages),
-            ids,
-            max_tokens,
-            self.config.default_max_tokens,
-        )
-
     async def _run(
         self, inp: GenerationInput, record: GenerationRecord
     ) -> AsyncIterator[tuple[str, int, str | None]]:
-        """(text delta, new tokens, finish reason) per chunk; logs the finished request."""
-        async for chunk in self.path.stream(inp, record):
-            reason = chunk.finish_reason
-            yield chunk.text, len(chunk.token_ids), reason.value if reason else None
+        """(text delta, new tokens, finish reason) per chunk; logs the finished request. Every
+        failure comes out as an APIError the front ends can say (never a traceback)."""
+        try:
+            async for chunk in self.path.stream(inp, record):
+                reason = chunk.finish_reason
+                yield chunk.text, len(chunk.token_ids), reason.value if reason else None
+        except GenerationFailed as e:
+            logger.warning(
+                "%s failed after %d tokens: %s", inp.request_id, len(record.output_token_ids), e
+            )
+            raise oa.APIError(
+                f"Generation failed: {e}", e.status, "server_error", code=e.code
+            ) from None
+        except Exception:
+            logger.exception("%s: internal error", inp.request_id)
+            raise oa.APIError(
+                f"Internal error serving {inp.request_id}; the server has logged it.",
+                500,
+                "server_error",
+                code="internal_error",
+            ) from None
         self._log(inp, record)
 
     def _log(self, inp: GenerationInput, record: GenerationRecord) -> None:
@@ -197,10 +140,6 @@ class Ingress:
     async def _status(self) -> Any:
         return await asyncio.wait_for(self.scheduler.status.remote(), STATUS_TIMEOUT_S)
 
-    async def check_health(self) -> None:
-        """Serve's health check: the scheduler actor must answer."""
-        await self._status()
-
     # ---- HTTP -------------------------------------------------------------------------------
 
     @api.get("/v1/models")
@@ -209,35 +148,53 @@ class Ingress:
             oa.models_list(self.config.model_name, self.created, self.config.engine.max_model_len)
         )
 
+    def _degraded(self) -> list[str]:
+        """What serves on a fallback now, with why (requests are served either way)."""
+        reason = self.scorer.degraded()
+        return [reason] if reason else []
+
     @api.get("/health")
     async def health(self) -> JSONResponse:
-        try:
-            await self._status()
-        except Exception as e:  # noqa: BLE001 - report, do not crash the probe
-            return JSONResponse({"status": "unhealthy", "error": str(e)}, status_code=503)
-        return JSONResponse({"status": "ok"})
+        """Liveness: this ingress answers. (Whether it can serve is /ready.)"""
+        return JSONResponse({"status": "ok", "degraded": self._degraded()})
 
     @api.get("/ready")
     async def ready(self) -> JSONResponse:
         try:
             status = await self._status()
-        except Exception as e:  # noqa: BLE001
-            return JSONResponse({"ready": False, "error": str(e)}, status_code=503)
+        except TimeoutError:
+            body = {"ready": False, "error": "the scheduler is starting, or too busy to answer"}
+            return JSONResponse({**body, "degraded": self._degraded()}, status_code=503)
+        except Exception as e:  # noqa: BLE001 - the scheduler is away (Ray restarts it)
+            body = {"ready": False, "error": f"scheduler unavailable: {type(e).__name__}"}
+            return JSONResponse({**body, "degraded": self._degraded()}, status_code=503)
         up = sum(r.alive for r in status.replicas)
-        body = {"ready": status.ready, "replicas_up": up, "replicas": len(status.replicas)}
+        body = {
+            "ready": status.ready,
+            "replicas_up": up,
+            "replicas": len(status.replicas),
+            "degraded": self._degraded(),
+        }
         return JSONResponse(body, status_code=200 if status.ready else 503)
 
     @api.get("/status")
     async def status(self) -> JSONResponse:
-        return JSONResponse({**asdict(await self._status()), "scorer": self.scorer.describe()})
+        try:
+            body = asdict(await self._status())
+        except Exception as e:  # noqa: BLE001 - the scheduler is away (Ray restarts it)
+            err = oa.APIError(f"scheduler unavailable: {type(e).__name__}", 503, "server_error")
+            return _error(err)
+        return JSONResponse(
+            {**body, "scorer": self.scorer.describe(), "degraded": self._degraded()}
+        )
 
     @api.post("/v1/completions")
     async def completions(self, request: Request) -> Any:
-        return await self._generate(request, oa.CompletionBody, self._completion_input, chat=False)
+        return await self._generate(request, oa.CompletionBody, self.inputs.completion, chat=False)
 
     @api.post("/v1/chat/completions")
     async def chat_completions(self, request: Request) -> Any:
-        return await self._generate(request, oa.ChatBody, self._chat_input, chat=True)
+        return await self._generate(request, oa.ChatBody, self.inputs.chat, chat=True)
 
     async def _generate(
         self,
@@ -265,8 +222,8 @@ class Ingress:
             async for text, _, reason in self._run(inp, record):
                 parts.append(text)
                 finish = reason
-        except GenerationFailed as e:
-            return _error(oa.APIError(f"Generation failed: {e}", 500, "server_error"))
+        except oa.APIError as e:
+            return _error(e)
         build = oa.chat_response if chat else oa.completion_response
         n = len(record.output_token_ids)
         return JSONResponse(
@@ -288,9 +245,8 @@ class Ingress:
                         yield oa.sse(oa.chat_chunk(rid, model, delta, reason))
                     else:
                         yield oa.sse(oa.completion_chunk(rid, model, text, reason))
-            except GenerationFailed as e:
-                err = oa.APIError(f"Generation failed: {e}", 500, "server_error")
-                yield oa.sse(err.body())
+            except oa.APIError as e:
+                yield oa.sse_error(e)  # and no [DONE]: the stream ends here, said why
                 return
             if body.include_usage():
                 obj = "chat.completion.chunk" if chat else "text_completion"
@@ -302,32 +258,9 @@ class Ingress:
 
     # ---- gRPC (method names are the RPC names of rankserve.proto) ---------------------------
 
-    def _grpc_input(self, req: pb.GenerateRequest) -> GenerationInput:
-        self._check_model(req.model)
-        fields: dict[str, Any] = {"model": req.model, "ignore_eos": req.ignore_eos}
-        for name in ("max_tokens", "temperature", "top_p", "seed", "priority"):
-            if req.HasField(name):
-                fields[name] = getattr(req, name)
-        if req.stop:
-            fields["stop"] = list(req.stop)
-        if req.slo:
-            fields["slo"] = req.slo
-        if req.tenant:
-            fields["tenant"] = req.tenant
-        if req.prompt and req.messages:
-            raise oa.APIError("Give either prompt or messages, not both.", param="prompt")
-        if req.messages:
-            fields["messages"] = [{"role": m.role, "content": m.content} for m in req.messages]
-            body = oa.validate_dict(fields, oa.ChatBody)
-            return self._chat_input(body)
-        if not req.prompt:
-            raise oa.APIError("Give a prompt or messages.", param="prompt")
-        fields["prompt"] = req.prompt
-        return self._completion_input(oa.validate_dict(fields, oa.CompletionBody))
-
     async def Generate(self, request: pb.GenerateRequest, grpc_context: Any) -> pb.GenerateReply:
         try:
-            inp = self._grpc_input(request)
+            inp = self.inputs.grpc(request)
         except oa.APIError as e:
             _grpc_error(grpc_context, e)
             return pb.GenerateReply()
@@ -338,8 +271,8 @@ class Ingress:
             async for text, _, reason in self._run(inp, record):
                 parts.append(text)
                 finish = reason or finish
-        except GenerationFailed as e:
-            _grpc_error(grpc_context, oa.APIError(f"Generation failed: {e}", 500, "server_error"))
+        except oa.APIError as e:
+            _grpc_error(grpc_context, e)
             return pb.GenerateReply()
         return pb.GenerateReply(
             id=inp.request_id,
@@ -354,7 +287,7 @@ class Ingress:
     ) -> AsyncIterator[pb.GenerateChunk]:
         # A streaming call keeps the status set on its context only if it then raises.
         try:
-            inp = self._grpc_input(request)
+            inp = self.inputs.grpc(request)
         except oa.APIError as e:
             _grpc_error(grpc_context, e)
             raise
@@ -364,8 +297,8 @@ class Ingress:
                 yield pb.GenerateChunk(
                     id=inp.request_id, text=text, num_tokens=n, finish_reason=reason or ""
                 )
-        except GenerationFailed as e:
-            _grpc_error(grpc_context, oa.APIError(f"Generation failed: {e}", 500, "server_error"))
+        except oa.APIError as e:
+            _grpc_error(grpc_context, e)
             raise
 
     async def Health(self, request: pb.HealthRequest, grpc_context: Any) -> pb.HealthReply:
@@ -379,4 +312,5 @@ class Ingress:
             replicas_up=sum(r.alive for r in status.replicas),
             queued=status.queued,
             policy=status.policy,
+            degraded=self._degraded(),
         )

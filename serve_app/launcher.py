@@ -3,14 +3,14 @@ tests and the live benchmark use these."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
 from dataclasses import dataclass
 from typing import Any
 
-from cluster.runtime.fleet import NAMESPACE
-from cluster.runtime.scheduler_actor import ACTOR_NAME
+from cluster.runtime.names import NAMESPACE, PREDICTOR_ACTOR, SCHEDULER_ACTOR
 
 READY_TIMEOUT_S = 600.0
 
@@ -95,7 +95,7 @@ def wait_ready(url: str, timeout: float) -> None:
 def scheduler() -> Any:
     import ray
 
-    return ray.get_actor(ACTOR_NAME, namespace=NAMESPACE)
+    return ray.get_actor(SCHEDULER_ACTOR, namespace=NAMESPACE)
 
 
 def stop() -> None:
@@ -107,9 +107,11 @@ def stop() -> None:
     try:
         handle = scheduler()
         ray.get(handle.shutdown.remote(), timeout=60)
-        ray.kill(handle)
+        ray.kill(handle)  # for good: no restart
     except Exception:  # noqa: BLE001 - nothing to stop, or already gone
         pass
+    with contextlib.suppress(ValueError):  # the detached predictor, if one was started
+        ray.kill(ray.get_actor(PREDICTOR_ACTOR, namespace=NAMESPACE))
     try:
         serve.shutdown()
     finally:

@@ -216,6 +216,11 @@ def sse(data: dict[str, Any] | str) -> str:
     return f"data: {payload}\n\n"
 
 
+def sse_error(error: APIError) -> str:
+    """The event that ends a stream that cannot go on (OpenAI clients raise on it)."""
+    return f"event: error\n{sse(error.body())}"
+
+
 def models_list(name: str, created: int, max_model_len: int) -> dict[str, Any]:
     return {
         "object": "list",

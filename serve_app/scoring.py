@@ -4,12 +4,16 @@ heuristic in process."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from cluster.registry import Registry
+from cluster.runtime.names import NAMESPACE, PREDICTOR_ACTOR
 from predictor_actor.heuristic import heuristic_lengths, heuristic_scores
 
 if TYPE_CHECKING:
@@ -29,6 +33,10 @@ class Scorer(Protocol):
 
     def describe(self) -> str: ...
 
+    def degraded(self) -> str | None:
+        """Why the scores are not the configured scorer's right now; None when they are."""
+        ...
+
 
 class HeuristicScorer:
     """Score = log1p(prompt characters): no model, no torch."""
@@ -39,24 +47,78 @@ class HeuristicScorer:
     def describe(self) -> str:
         return "prompt-length heuristic (in the ingress)"
 
+    def degraded(self) -> str | None:
+        return None
+
 
 class PredictorActorScorer:
-    """The cluster's predictor actor (predictor_actor.actor), started if not running yet."""
+    """The cluster's predictor actor (predictor_actor.actor): detached, named, restarted by
+    Ray. Each call has a deadline; while the actor is away or slow, prompts are scored by the
+    heuristic here (a circuit breaker skips the actor, probing it again after a backoff), and
+    `degraded()` says why. It comes back by itself: a restarted actor answers the same handle,
+    one that is gone for good is started again."""
 
-    def __init__(self, model_dir: str | None, num_cpus: float, torch_threads: int | None) -> None:
+    BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0)
+
+    def __init__(self, settings: PredictorSettings) -> None:
         from predictor_actor.actor import start_predictor_actor
         from predictor_actor.batching import PredictorConfig
 
-        self._actor: Any = start_predictor_actor(
-            PredictorConfig(model_dir=model_dir), num_cpus=num_cpus, torch_threads=torch_threads
+        self.settings = settings
+        self._start = lambda: start_predictor_actor(
+            PredictorConfig(model_dir=settings.model),
+            name=PREDICTOR_ACTOR,
+            num_cpus=settings.num_cpus,
+            torch_threads=settings.threads,
+            namespace=NAMESPACE,
         )
+        self._actor: Any = self._start()
+        self._fallback = HeuristicScorer()
+        self._reason: str | None = None
+        self._failures = 0
+        self._retry_at = 0.0
 
     async def score(self, prompt: str) -> Score:
-        prediction = await self._actor.predict.remote(prompt)
+        if self._reason is not None and time.monotonic() < self._retry_at:
+            return await self._fallback.score(prompt)
+        try:
+            prediction = await asyncio.wait_for(
+                self._actor.predict.remote(prompt), self.settings.deadline_s
+            )
+        except Exception as exc:  # noqa: BLE001 - slow, restarting or gone: serve anyway
+            self._down(exc)
+            return await self._fallback.score(prompt)
+        if self._reason is not None:
+            logger.warning("predictor back after %d failed calls", self._failures)
+        self._reason = "the predictor's model did not load" if prediction.fallback else None
+        self._failures = 0
         return Score(prediction.score, prediction.predicted_tokens)
+
+    def _down(self, exc: Exception) -> None:
+        from ray.exceptions import ActorDiedError
+
+        what = (
+            f"no answer within {self.settings.deadline_s:g} s"
+            if isinstance(exc, TimeoutError)
+            else f"{type(exc).__name__}"
+        )
+        if self._failures == 0:
+            logger.error("PREDICTOR UNAVAILABLE (%s): scoring by prompt length meanwhile", what)
+        self._failures += 1
+        self._reason = f"predictor: {what}"
+        backoff = self.BACKOFF_S[min(self._failures, len(self.BACKOFF_S)) - 1]
+        self._retry_at = time.monotonic() + backoff
+        if isinstance(exc, ActorDiedError):
+            # Ray restarts it; one killed for good (`ray kill`) has freed its name: start
+            # another. Either way the named actor is what this handle should be.
+            with contextlib.suppress(Exception):
+                self._actor = self._start()
 
     def describe(self) -> str:
         return "predictor actor"
+
+    def degraded(self) -> str | None:
+        return self._reason
 
 
 def _heuristic(settings: PredictorSettings) -> Scorer:
@@ -64,7 +126,7 @@ def _heuristic(settings: PredictorSettings) -> Scorer:
 
 
 def _predictor(settings: PredictorSettings) -> Scorer:
-    return PredictorActorScorer(settings.model, settings.num_cpus, settings.threads)
+    return PredictorActorScorer(settings)
 
 
 def _auto(settings: PredictorSettings) -> Scorer:

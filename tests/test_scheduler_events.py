@@ -103,3 +103,40 @@ def test_reconfigure_only_when_idle_and_counters_stay():
     sched.submit(request("next", output=5, score=1.0))
     assert [d.request.request_id for d in sched.schedule()] == ["next"]
     assert sched.stats().rounds == rounds + 1
+
+
+def test_a_restarted_host_restores_running_and_queued_requests_and_carries_on():
+    """What a scheduler that died rebuilds from: a replica's snapshot (running, with tokens so
+    far) and an ingress's record (queued, with what its client holds)."""
+    sched, _ = scheduler("fcfs")
+    sched.add_replica("a", max_num_seqs=2, total_kv_blocks=1000, block_size=16)
+    running = request("running", output=30)
+    running.generated, running.num_dispatches = 12, 2
+    sched.restore(running, "a")
+    waiting = request("waiting", output=20)
+    waiting.generated = 5
+    sched.restore(waiting)
+    assert running.state is RequestState.RUNNING and running.replica_id == "a"
+    assert waiting.state is RequestState.QUEUED and waiting in sched.queue
+    with pytest.raises(ValueError, match="duplicate"):
+        sched.restore(request("running"))
+    (d,) = sched.schedule()  # one slot left on a: the queued one, for what it has left
+    assert d.request is waiting and (d.max_new_tokens, d.final) == (15, True)
+    # the running one goes on: its replica's next reports are applied as usual
+    ended = sched.apply(events("a", tokens={"running": 18}, ended={"running": FinishReason.LENGTH}))
+    assert ended == [running] and running.generated == 30
+    assert running.num_dispatches == 2  # the dispatch it was on, not a new one
+    report(sched, "a", 1000, 1000)
+    run_through(sched, "waiting", 15)
+    assert sched.stats().finished == 2 and sched.stats().dispatched == 0
+
+
+def test_news_of_a_request_from_a_replica_it_is_not_on_is_stale():
+    sched, _ = scheduler("fcfs")
+    sched.add_replica("a", max_num_seqs=1, total_kv_blocks=1000, block_size=16)
+    sched.add_replica("b", max_num_seqs=1, total_kv_blocks=1000, block_size=16)
+    sched.submit(request("q", output=10))
+    (d,) = sched.schedule()
+    other = "b" if d.replica_id == "a" else "a"
+    assert sched.apply(events(other, tokens={"q": 10}, ended={"q": FinishReason.LENGTH})) == []
+    assert sched.get("q").state is RequestState.DISPATCHED and sched.get("q").generated == 0

@@ -10,7 +10,7 @@ pytest.importorskip("pydantic")
 
 from serve_app import openai_protocol as oa  # noqa: E402
 from serve_app.config import ServeConfig  # noqa: E402
-from serve_app.generation import check_lengths  # noqa: E402
+from serve_app.request_input import check_lengths  # noqa: E402
 
 
 def parse(body, model=oa.CompletionBody):

@@ -7,7 +7,9 @@ says so).
     spec.py             what one replica is: its config, Ray resources and environment
     engines/            one file per engine behind the Engine protocol (vllm, simulated)
     replica.py          the engine replica actor
-    fleet.py            the replica fleet: start, health, replace, scale
-    scheduler_actor.py  the scheduler actor: hosts the core, hands out tickets
+    fleet.py            the replica fleet: start or reattach, health, replace, scale
+    scheduler_actor.py  the scheduler actor: hosts the core, hands out tickets, survives death
+    leases.py           ingress leases: requests of an ingress that died are aborted
+    names.py            the actors' names in Ray
     status.py           what the scheduler actor reports about the cluster
 """

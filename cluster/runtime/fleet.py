@@ -1,6 +1,8 @@
 """The engine replica fleet: starts the replica actors (in parallel, named so operators find
 them), watches their health, replaces dead ones, grows and shrinks the set. The scheduler actor
-owns one and hears of each replica coming up or going away through two callbacks."""
+owns one and hears of each replica coming up (with a snapshot of what it serves) or going away
+through two callbacks. Replicas are detached: a restarted scheduler's fleet reattaches to the
+live ones by name instead of starting new ones."""
 
 from __future__ import annotations
 
@@ -14,19 +16,14 @@ from typing import Any
 import ray
 
 from cluster.replicas import ReplicaLoad
-from cluster.runtime.protocol import ReplicaInfo
+from cluster.runtime.names import NAMESPACE, replica_actor_name
+from cluster.runtime.protocol import ReplicaInfo, ReplicaSnapshot
 from cluster.runtime.replica import EngineReplica
 from cluster.runtime.spec import ReplicaSpec
 
 logger = logging.getLogger(__name__)
 
-NAMESPACE = "rankserve"
 NAME_RETRIES = 60
-
-
-def replica_actor_name(replica_id: str) -> str:
-    """Replica actors are named (in NAMESPACE) so operators can find them: `ray list actors`."""
-    return f"rankserve-{replica_id}"
 
 
 def next_replica_id(ids: list[str]) -> str:
@@ -71,13 +68,14 @@ class ReplicaFleet:
     def __init__(
         self,
         specs: list[ReplicaSpec],
-        report_to: Callable[[], Any],
-        on_up: Callable[[ReplicaInfo], None],
+        owner: Callable[[], Any],
+        on_up: Callable[[ReplicaSnapshot], None],
         on_down: Callable[[str, str], None],
         replace_dead: bool = True,
     ) -> None:
-        """`report_to()` gives the handle replicas send their events to (the scheduler actor's
-        own, known only once it runs)."""
+        """`owner()` gives the scheduler actor's handle (known only once it runs): replicas
+        report to it, and replacements are started through it, as calls of their own that no
+        caller's cancellation can take down."""
         self.specs: dict[str, ReplicaSpec] = {s.replica_id: s for s in specs}
         self.handles: dict[str, Any] = {}
         self.infos: dict[str, ReplicaInfo] = {}
@@ -87,8 +85,7 @@ class ReplicaFleet:
         self._replace_dead = replace_dead
         self._starting: dict[str, asyncio.Task] = {}
         self._health: asyncio.Task | None = None
-        self._background: set[asyncio.Task] = set()
-        self._report_to = report_to
+        self._owner = owner
 
     async def start(self) -> list[ReplicaInfo]:
         """Start every configured replica that is not running yet (in parallel); idempotent.
@@ -105,20 +102,44 @@ class ReplicaFleet:
 
     async def _start_replica(self, spec: ReplicaSpec) -> None:
         try:
-            handle = await self._create(spec)
-            info = await handle.start.remote()
+            handle, snapshot = await self._attach_or_create(spec)
         except Exception:
             logger.exception("replica %s failed to start", spec.replica_id)
             raise
         finally:
             self._starting.pop(spec.replica_id, None)
         self.handles[spec.replica_id] = handle
-        self.infos[spec.replica_id] = info
-        self.loads[spec.replica_id] = ReplicaLoad(
-            spec.replica_id, 0, 0, info.total_kv_blocks, info.total_kv_blocks
-        )
-        logger.info("replica %s up: %s", spec.replica_id, info)
-        self._on_up(info)
+        self.infos[spec.replica_id] = snapshot.info
+        self.loads[spec.replica_id] = snapshot.load
+        logger.info("replica %s up: %s", spec.replica_id, snapshot.info)
+        self._on_up(snapshot)
+
+    async def _attach_or_create(self, spec: ReplicaSpec) -> tuple[Any, ReplicaSnapshot]:
+        """The live replica of that name if it has these settings (a scheduler restarted under
+        it), else a new one."""
+        name = replica_actor_name(spec.replica_id)
+        try:
+            handle = ray.get_actor(name, namespace=NAMESPACE)
+        except ValueError:
+            handle = None
+        if handle is not None:
+            try:
+                snapshot = await asyncio.wait_for(handle.snapshot.remote(), self.HEALTH_TIMEOUT_S)
+                if snapshot.spec == spec:
+                    logger.info(
+                        "replica %s reattached, serving %d requests",
+                        spec.replica_id,
+                        len(snapshot.dispatches),
+                    )
+                    return handle, snapshot
+                why = "its settings differ"
+            except Exception as exc:  # noqa: BLE001 - any failure to answer means replace it
+                why = f"it does not answer ({type(exc).__name__})"
+            logger.warning("replacing the running replica %s: %s", spec.replica_id, why)
+            with contextlib.suppress(Exception):
+                ray.kill(handle)
+        handle = await self._create(spec)
+        return handle, await handle.snapshot.remote()
 
     async def _create(self, spec: ReplicaSpec) -> Any:
         cls = ray.remote(EngineReplica)
@@ -126,7 +147,7 @@ class ReplicaFleet:
         for _ in range(NAME_RETRIES):
             try:
                 return cls.options(name=name, namespace=NAMESPACE, **spec.actor_options()).remote(
-                    spec, self._report_to()
+                    spec, self._owner()
                 )
             except ValueError:
                 # The replica this one replaces was just killed: its name frees up shortly.
@@ -181,9 +202,7 @@ class ReplicaFleet:
             why = f"health check failed: {type(exc).__name__}"
         self.drop(replica_id, why)
         if self._replace_dead and replica_id in self.specs:
-            task = asyncio.create_task(self.start())
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            self._owner().start.remote()
         return False
 
     async def _health_loop(self) -> None:
@@ -192,9 +211,12 @@ class ReplicaFleet:
             await asyncio.gather(*(self.check(r) for r in list(self.handles)))
 
     async def shutdown(self) -> None:
-        """Stop the replicas' engines (their actors die with the scheduler actor)."""
+        """Stop the replicas' engines and their (detached) actors."""
         if self._health is not None:
             self._health.cancel()
-        await asyncio.gather(
-            *(h.shutdown.remote() for h in self.handles.values()), return_exceptions=True
-        )
+        handles = list(self.handles.values())
+        await asyncio.gather(*(h.shutdown.remote() for h in handles), return_exceptions=True)
+        for handle in handles:
+            with contextlib.suppress(Exception):
+                ray.kill(handle)
+        self.handles.clear()

@@ -1,9 +1,11 @@
 """An engine replica: a Ray actor hosting one engine (cluster.runtime.engines), streaming tokens
 for the dispatches the scheduler made and reporting its load and its requests' progress back to
-the scheduler actor as `EngineEvents`.
+the scheduler actor as numbered `ReplicaReport`s.
 
 Tokens stream from here to the caller (the ingress) through a Ray streaming generator; the
-scheduler actor only receives coalesced reports (load, token counts, ends).
+scheduler actor only receives coalesced reports (load, token counts, ends). The replica is
+detached: it outlives a scheduler actor that dies, keeps reporting to the restarted one (the
+same actor handle), and answers its `snapshot()` so that it can rebuild its state.
 """
 
 from __future__ import annotations
@@ -12,22 +14,46 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 from cluster.events import EngineEvents, FinishReason
 from cluster.replicas import ReplicaLoad
 from cluster.runtime.engines import ENGINES
-from cluster.runtime.protocol import Engine, GenerateCall, ReplicaInfo, TokenChunk
+from cluster.runtime.protocol import (
+    DispatchState,
+    Engine,
+    GenerateCall,
+    ReplicaInfo,
+    ReplicaReport,
+    ReplicaSnapshot,
+    TokenChunk,
+)
 from cluster.runtime.spec import ReplicaSpec
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class _Active:
+    call: GenerateCall
+    tokens: int = 0  # produced in this dispatch
+    started: bool = False
+
+    def state(self) -> DispatchState:
+        return DispatchState(
+            self.call.submit,
+            self.call.dispatch_no,
+            self.call.generated_before + self.tokens,
+            self.started,
+        )
 
 
 class EngineReplica:
     """The Ray actor (wrap with `ray.remote(EngineReplica).options(**spec.actor_options())`).
 
     `scheduler` is the scheduler actor's handle (None when the replica is used on its own);
-    reports go to its `report(EngineEvents)` method.
+    reports go to its `report(ReplicaReport)` method.
     """
 
     # Token-count-only news is coalesced for this long; starts and ends go out at once.
@@ -39,9 +65,11 @@ class EngineReplica:
         self._engine: Engine = ENGINES[spec.replica.kind](spec, self._on_step)
         self._info: ReplicaInfo | None = None
         self._pending = EngineEvents(spec.replica_id)
+        self._seq = 0  # the number of the last report made
+        self._snapshot_seq = 0  # reports up to this one are covered by a snapshot taken
         self._wake: asyncio.Event | None = None
         self._reporter: asyncio.Task | None = None
-        self._active: dict[str, str] = {}  # request id -> engine request id
+        self._active: dict[str, _Active] = {}
         self._last_load: ReplicaLoad | None = None  # as last delivered to the scheduler
 
     async def start(self) -> ReplicaInfo:
@@ -53,22 +81,37 @@ class EngineReplica:
                 self._reporter = asyncio.create_task(self._report_loop())
         return self._info
 
+    async def snapshot(self) -> ReplicaSnapshot:
+        """What this replica is serving now, for a (re)started scheduler: it supersedes every
+        report made so far, so the events not yet delivered are dropped here."""
+        info = await self.start()
+        self._snapshot_seq = self._seq
+        self._pending = EngineEvents(self.spec.replica_id)
+        return ReplicaSnapshot(
+            self.spec.replica_id,
+            self.spec,
+            info,
+            self.load(),
+            self._seq,
+            tuple(a.state() for a in self._active.values()),
+        )
+
     async def generate(self, call: GenerateCall) -> AsyncIterator[TokenChunk]:
         """Stream `call`'s tokens (call with `.options(num_returns="streaming")`). Cancelling
         the stream (the client went away) aborts the request in the engine."""
         if self._info is None:
             raise RuntimeError(f"replica {self.spec.replica_id} is not started")
         rid = call.request_id
-        self._active[rid] = call.engine_request_id
-        started = False
+        active = self._active[rid] = _Active(call)
         reason: FinishReason | None = None
         try:
             async for chunk in self._engine.generate(call):
                 if chunk.token_ids:
-                    if not started:
-                        started = True
+                    if not active.started:
+                        active.started = True
                         self._pending.started.append(rid)
                         self._kick()
+                    active.tokens += len(chunk.token_ids)
                     tokens = self._pending.tokens
                     tokens[rid] = tokens.get(rid, 0) + len(chunk.token_ids)
                 if chunk.finish_reason is not None:
@@ -94,9 +137,9 @@ class EngineReplica:
 
     async def abort(self, request_id: str) -> None:
         """Abort the request's current dispatch here, if it has one."""
-        engine_id = self._active.get(request_id)
-        if engine_id is not None:
-            await self._engine.abort(engine_id)
+        active = self._active.get(request_id)
+        if active is not None:
+            await self._engine.abort(active.call.engine_request_id)
 
     def load(self) -> ReplicaLoad:
         running, waiting, free = self._engine.load()
@@ -124,21 +167,28 @@ class EngineReplica:
         if self._wake is not None:
             self._wake.set()
 
+    def _take_report(self) -> ReplicaReport:
+        events, self._pending = self._pending, EngineEvents(self.spec.replica_id)
+        events.load = self.load()
+        self._seq += 1
+        started = tuple(self._active[rid].state() for rid in events.started if rid in self._active)
+        return ReplicaReport(events, self._seq, started)
+
     async def _report_loop(self) -> None:
         assert self._wake is not None
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.REPORT_INTERVAL_S)
             self._wake.clear()
-            report, self._pending = self._pending, EngineEvents(self.spec.replica_id)
-            report.load = self.load()
-            quiet = not (report.has_events or report.tokens) and not self._active
-            if quiet and report.load == self._last_load:
+            quiet = not (self._pending.has_events or self._pending.tokens) and not self._active
+            if quiet and self.load() == self._last_load:
                 continue
+            report = self._take_report()
             try:
                 await self._scheduler.report.remote(report)
-                self._last_load = report.load
+                self._last_load = report.events.load
             except Exception as exc:  # noqa: BLE001 - a scheduler hiccup must not kill the replica
-                logger.warning("report to the scheduler failed (%s); retrying", exc)
-                self._pending = report.merge_before(self._pending)
+                logger.warning("report %d to the scheduler failed (%s); retrying", report.seq, exc)
+                if report.seq > self._snapshot_seq:  # else a snapshot has covered it
+                    self._pending = report.events.merge_before(self._pending)
                 await asyncio.sleep(self.REPORT_INTERVAL_S)

@@ -4,7 +4,12 @@ on the wall clock.
 It keeps the only long queue and answers each request's "where do I run now?" with a `Ticket`
 naming a replica; its `ReplicaFleet` starts, watches and replaces the engine replicas. Tokens
 never pass through it: the ingress streams them straight from the replica, and replicas send it
-coalesced `EngineEvents`. Every event runs a scheduling round.
+coalesced, numbered reports. Every event runs a scheduling round.
+
+It survives its own death: Ray restarts it, its fleet reattaches to the (detached) replicas,
+their snapshots give back what runs where with the tokens so far, and the ingresses give back
+what waits (each call carries the request's description and the tokens its client holds).
+Requests whose ingress stops renewing its lease are aborted as "client gone".
 """
 
 from __future__ import annotations
@@ -12,27 +17,41 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
+from collections import OrderedDict
 from typing import Any
 
 import ray
 
 from cluster.clock import WallClock
 from cluster.config import PolicyConfig, SchedulerConfig
-from cluster.events import EngineEvents
 from cluster.request import Request
-from cluster.runtime.fleet import NAMESPACE, ReplicaFleet
-from cluster.runtime.protocol import ReplicaInfo, SubmitRequest, Ticket
+from cluster.runtime.fleet import ReplicaFleet
+from cluster.runtime.leases import IngressLeases
+from cluster.runtime.names import NAMESPACE, SCHEDULER_ACTOR
+from cluster.runtime.protocol import (
+    DispatchState,
+    ReplicaInfo,
+    ReplicaReport,
+    ReplicaSnapshot,
+    SubmitRequest,
+    Ticket,
+)
 from cluster.runtime.spec import ReplicaSpec
-from cluster.runtime.status import ClusterStatus, ReplicaStatus
+from cluster.runtime.status import ClusterStatus, cluster_status
 from cluster.scheduler import Scheduler, UnknownRequest
 
 logger = logging.getLogger(__name__)
 
-ACTOR_NAME = "rankserve-scheduler"
+CLIENT_GONE = "client gone"
 
 
 class SchedulerActor:
     """Ray actor (create with `scheduler_actor_options()`; see `get_or_create`)."""
+
+    # An ingress renews its lease every second or so; past this, its requests are aborted.
+    INGRESS_LEASE_S = 5.0
+    ENDED_MEMORY = 10_000  # ended request ids remembered, so a late call is answered, not revived
 
     def __init__(
         self, config: SchedulerConfig, replicas: list[ReplicaSpec], replace_dead: bool = True
@@ -47,34 +66,67 @@ class SchedulerActor:
         )
         self._tickets: dict[str, Ticket] = {}
         self._waiters: dict[str, asyncio.Future] = {}
+        self._report_seq: dict[str, int] = {}  # replica -> last report applied
+        self._leases = IngressLeases(self.INGRESS_LEASE_S)
+        self._ended: OrderedDict[str, str] = OrderedDict()  # request id -> why it ended
+        self._booted: asyncio.Event | None = None
+        self._lease_task: asyncio.Task | None = None
 
     @property
     def config(self) -> SchedulerConfig:
         return self._core.config
 
+    async def _ready(self) -> None:
+        """Every call waits until the fleet is attached: after a restart, a report or a caller
+        must not reach a core that has not yet learned what the replicas run."""
+        if self._booted is None:
+            self._booted = asyncio.Event()
+            # A call of its own: Ray cancels the tasks a call made when the call is cancelled
+            # (a caller that timed out), and the fleet's start must not go with it.
+            ray.get_runtime_context().current_actor.boot.remote()
+        await self._booted.wait()
+
+    async def boot(self) -> None:
+        """Attach to (or start) the replicas, then let every waiting call in."""
+        if self._booted is None:
+            self._booted = asyncio.Event()
+        try:
+            await self.fleet.start()
+        finally:
+            self._lease_task = asyncio.create_task(self._lease_loop())
+            self._booted.set()
+
     # ---- replicas -------------------------------------------------------------------------
 
     async def start(self) -> list[ReplicaInfo]:
-        """Start every configured replica that is not running yet; idempotent. Returns the
-        capacities of the replicas now serving."""
+        """Start (or reattach to) every configured replica; idempotent. Returns the capacities
+        of the replicas now serving."""
+        await self._ready()
         return await self.fleet.start()
 
     async def scale(self, num_replicas: int) -> list[str]:
         """Grow or shrink the replica set (see ReplicaFleet.scale)."""
+        await self._ready()
         return await self.fleet.scale(num_replicas)
 
     async def replica_failed(self, replica_id: str) -> bool:
         """An ingress lost its stream from `replica_id`: check it now rather than at the next
         health round. True if the replica is gone (its requests are back in the queue)."""
+        await self._ready()
         return not await self.fleet.check(replica_id)
 
-    def _replica_up(self, info: ReplicaInfo) -> None:
+    def _replica_up(self, snapshot: ReplicaSnapshot) -> None:
+        info = snapshot.info
         self._core.add_replica(
             info.replica_id, info.max_num_seqs, info.total_kv_blocks, info.block_size
         )
+        self._report_seq[info.replica_id] = snapshot.seq
+        for state in snapshot.dispatches:
+            self._adopt(info.replica_id, state, already_counted=0)
         self._schedule()
 
     def _replica_down(self, replica_id: str, why: str) -> None:
+        self._report_seq.pop(replica_id, None)
         if replica_id in self._core.replica_ids:
             returned = self._core.remove_replica(replica_id)
             logger.warning(
@@ -87,61 +139,83 @@ class SchedulerActor:
 
     # ---- requests -------------------------------------------------------------------------
 
-    def submit(self, submit: SubmitRequest) -> None:
-        """A new request (already scored by the predictor); it arrives now, on this clock."""
-        self._core.submit(
-            Request(
-                request_id=submit.request_id,
-                prompt_tokens=submit.prompt_tokens,
-                max_tokens=submit.max_tokens,
-                arrival_time=self._core.clock.now(),
-                score=submit.score,
-                predicted_tokens=submit.predicted_tokens,
-                slo=submit.slo,
-                tenant=submit.tenant,
-                priority_hint=submit.priority_hint,
-            )
-        )
+    async def submit(self, submit: SubmitRequest) -> None:
+        """A new request (already scored by the predictor); it arrives now, on this clock. A
+        repeated submit (the caller retried) changes nothing."""
+        await self._ready()
+        if submit.request_id in self._ended or self._known(submit.request_id):
+            return
+        self._register(submit, delivered=0, dispatches=0)
         self._schedule()
 
-    async def wait_dispatch(self, request_id: str, after: int = 0, delivered: int = 0) -> Ticket:
+    async def wait_dispatch(
+        self, submit: SubmitRequest, after: int = 0, delivered: int = 0
+    ) -> Ticket:
         """Wait until the request's dispatch number `after + 1` (or a later one) is decided.
-        `delivered`: the tokens its caller holds, which the next dispatch continues from."""
-        try:
-            if self._core.resume_from(request_id, delivered):
-                self._tickets.pop(request_id, None)
-                self._schedule()
-        except UnknownRequest:
-            return Ticket(request_id, after, error="unknown request")
-        ticket = self._tickets.get(request_id)
-        if ticket is not None and (ticket.dispatch_no > after or ticket.error is not None):
+        `delivered`: the tokens its caller holds, which the next dispatch continues from. A
+        request this scheduler does not know (its previous life did) is taken back as queued."""
+        await self._ready()
+        rid = submit.request_id
+        if rid in self._ended:
+            return Ticket(rid, after, error=self._ended[rid])
+        if not self._known(rid):
+            logger.info("%s: taken back from its ingress with %d tokens", rid, delivered)
+            self._register(submit, delivered, dispatches=after)
+            self._schedule()
+        if self._core.resume_from(rid, delivered):
+            self._tickets.pop(rid, None)
+            self._schedule()
+        ticket = self._tickets.get(rid)
+        if ticket is not None and ticket.dispatch_no > after:
             return ticket
-        future = self._waiters.get(request_id)
+        future = self._waiters.get(rid)
         if future is None or future.done():
             future = asyncio.get_running_loop().create_future()
-            self._waiters[request_id] = future
+            self._waiters[rid] = future
         return await asyncio.shield(future)
 
-    def abort(self, request_id: str) -> None:
+    async def heartbeat(self, ingress_id: str) -> None:
+        """An ingress renews the lease of its requests."""
+        await self._ready()
+        self._leases.renew(ingress_id, self._core.clock.now())
+
+    async def abort(self, request_id: str, why: str = "aborted") -> None:
         """The client went away (or the ingress gave up): forget the request."""
+        await self._ready()
         try:
             request = self._core.get(request_id)
         except UnknownRequest:
             return
-        self._core.abort(request_id)
+        replica = request.replica_id
+        if not request.state.is_terminal:
+            self._core.fail(request_id, why)
         self._forget(request)
+        handle = self.fleet.handles.get(replica) if replica else None
+        if handle is not None:
+            handle.abort.remote(request_id)  # frees the slot if its stream is still open
 
-    def report(self, events: EngineEvents) -> None:
-        """A replica's coalesced news since its previous report."""
-        if events.load is not None and events.replica_id in self.fleet.loads:
-            self.fleet.loads[events.replica_id] = events.load
+    async def report(self, report: ReplicaReport) -> None:
+        """A replica's coalesced news since its previous report (or a snapshot of it)."""
+        await self._ready()
+        events = report.events
+        replica = events.replica_id
+        if report.seq <= self._report_seq.get(replica, report.seq - 1):
+            return  # covered by the snapshot this scheduler rebuilt itself from
+        if replica in self._report_seq:
+            self._report_seq[replica] = report.seq
+            if events.load is not None:
+                self.fleet.loads[replica] = events.load
+            for state in report.dispatches:
+                counted = events.tokens.get(state.submit.request_id, 0)
+                self._adopt(replica, state, already_counted=counted)
         for request in self._core.apply(events):
             self._forget(request)
         self._schedule()
 
-    def set_policy(self, policy: PolicyConfig) -> None:
+    async def set_policy(self, policy: PolicyConfig) -> None:
         """Switch the scheduling policy (benchmarks compare policies on the same engines).
         Only between requests: the queue's order would mean nothing across two policies."""
+        await self._ready()
         self._core.reconfigure(dataclasses.replace(self.config, policy=policy))
         logger.info("policy is now %s", policy.name)
 
@@ -150,6 +224,7 @@ class SchedulerActor:
     ) -> list[ReplicaInfo]:
         """Bring the cluster to a (re)deployment's settings, then start what is missing. The
         scheduling settings change only while no request is in flight."""
+        await self._ready()
         if config != self.config:
             try:
                 self._core.reconfigure(config)
@@ -157,52 +232,96 @@ class SchedulerActor:
                 logger.warning("scheduling settings left as they were: %s", e)
         return await self.fleet.reconcile(replicas)
 
-    def status(self) -> ClusterStatus:
-        stats = self._core.stats()
-        assigned: dict[str, int] = {}
-        for request in self._core.requests():
-            if request.replica_id is not None and not request.state.is_terminal:
-                assigned[request.replica_id] = assigned.get(request.replica_id, 0) + 1
-        replicas = []
-        for replica_id in self.fleet.specs:
-            load = self.fleet.loads.get(replica_id)
-            replicas.append(
-                ReplicaStatus(
-                    replica_id,
-                    alive=replica_id in self.fleet.handles,
-                    info=self.fleet.infos.get(replica_id),
-                    assigned=assigned.get(replica_id, 0),
-                    free_kv_blocks=load.free_kv_blocks if load else 0,
-                    num_running=load.num_running if load else 0,
-                    num_waiting=load.num_waiting if load else 0,
-                )
-            )
-        return ClusterStatus(
-            self.config.policy.name,
-            stats.queued,
-            stats.dispatched,
-            stats.running,
-            stats.finished,
-            stats.failed,
-            stats.rounds,
-            replicas,
-            self._core.rank_quality.summary(),
-        )
+    async def status(self) -> ClusterStatus:
+        await self._ready()
+        return cluster_status(self._core, self.fleet)
 
     async def shutdown(self) -> None:
-        """Stop the replicas' engines (their actors die with this one)."""
+        """Stop the replicas' engines and actors."""
+        if self._lease_task is not None:
+            self._lease_task.cancel()
         await self.fleet.shutdown()
 
     # ---- internals ------------------------------------------------------------------------
 
+    def _known(self, request_id: str) -> bool:
+        try:
+            self._core.get(request_id)
+        except UnknownRequest:
+            return False
+        return True
+
+    def _register(self, submit: SubmitRequest, delivered: int, dispatches: int) -> None:
+        """Queue a request; `dispatches` it had before (in this scheduler's previous life), so
+        that dispatch numbers, and the engine request ids made of them, stay unique."""
+        now = self._core.clock.now()
+        waited = max(0.0, time.time() - submit.arrival_wall) if submit.arrival_wall else 0.0
+        request = _request_of(submit, arrival=now - waited, generated=delivered)
+        request.num_dispatches = dispatches
+        self._core.submit(request)
+        self._lease_for(submit)
+
+    def _adopt(self, replica_id: str, state: DispatchState, already_counted: int) -> None:
+        """A dispatch running on a replica that this scheduler did not decide (its previous
+        life did): the request is running there, with the tokens it has so far."""
+        rid = state.submit.request_id
+        if rid in self._ended:
+            return
+        try:
+            known = self._core.get(rid)
+        except UnknownRequest:
+            known = None
+        if known is not None:
+            if known.replica_id != replica_id:
+                logger.warning("%s runs on %s too; aborting it there", rid, replica_id)
+                handle = self.fleet.handles.get(replica_id)
+                if handle is not None:
+                    handle.abort.remote(rid)
+            return
+        now = self._core.clock.now()
+        waited = max(0.0, time.time() - state.submit.arrival_wall)
+        request = _request_of(
+            state.submit, arrival=now - waited, generated=state.generated - already_counted
+        )
+        request.num_dispatches = state.dispatch_no
+        if state.started:
+            request.first_token_time = now
+        self._core.restore(request, replica_id)
+        self._lease_for(state.submit)
+        logger.info("%s: taken back from %s with %d tokens", rid, replica_id, state.generated)
+
+    def _lease_for(self, submit: SubmitRequest) -> None:
+        self._leases.track(submit.request_id, submit.ingress_id, self._core.clock.now())
+
+    async def _lease_loop(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            lapsed, gone = self._leases.lapse(self._core.clock.now())
+            if not lapsed:
+                continue
+            logger.warning(
+                "ingress lease lapsed (%s): aborting %d requests as %r",
+                ", ".join(sorted(lapsed)),
+                len(gone),
+                CLIENT_GONE,
+            )
+            for rid in gone:
+                await self.abort(rid, CLIENT_GONE)
+            self._schedule()
+
     def _forget(self, request: Request) -> None:
-        """An ended request: answer its waiter, drop it."""
+        """An ended request: answer its waiter, drop it, remember why it ended."""
         rid = request.request_id
         self._core.forget(rid)
         self._tickets.pop(rid, None)
+        self._leases.forget(rid)
+        why = request.error or "ended"
+        self._ended[rid] = why
+        while len(self._ended) > self.ENDED_MEMORY:
+            self._ended.popitem(last=False)
         future = self._waiters.pop(rid, None)
         if future is not None and not future.done():
-            future.set_result(Ticket(rid, request.num_dispatches, error=request.error or "ended"))
+            future.set_result(Ticket(rid, request.num_dispatches, error=why))
 
     def _schedule(self) -> None:
         for d in self._core.schedule():
@@ -225,14 +344,34 @@ class SchedulerActor:
             self._forget(request)
 
 
+def _request_of(submit: SubmitRequest, arrival: float, generated: int) -> Request:
+    request = Request(
+        request_id=submit.request_id,
+        prompt_tokens=submit.prompt_tokens,
+        max_tokens=submit.max_tokens,
+        arrival_time=arrival,
+        score=submit.score,
+        predicted_tokens=submit.predicted_tokens,
+        slo=submit.slo,
+        tenant=submit.tenant,
+        priority_hint=submit.priority_hint,
+    )
+    request.generated = generated
+    return request
+
+
 def scheduler_actor_options(detached: bool = True) -> dict[str, Any]:
-    """Named, one per cluster; detached so that it outlives any one ingress replica."""
+    """Named, one per cluster; detached so that it outlives any one ingress replica; restarted
+    by Ray when it dies (it rebuilds its state, see the module's docstring). Calls in flight at
+    a death fail and their callers retry: Ray retrying them would run them twice."""
     opts: dict[str, Any] = {
-        "name": ACTOR_NAME,
+        "name": SCHEDULER_ACTOR,
         "namespace": NAMESPACE,
         "get_if_exists": True,
         "num_cpus": 0,
         "max_concurrency": 100_000,
+        "max_restarts": -1,
+        "max_task_retries": 0,
     }
     if detached:
         opts["lifetime"] = "detached"

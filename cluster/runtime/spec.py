@@ -53,7 +53,13 @@ class ReplicaSpec:
     def actor_options(self) -> dict[str, Any]:
         """Ray resources and environment of the replica's actor."""
         cfg = self.replica
-        opts: dict[str, Any] = {"num_cpus": cfg.num_cpus, "max_concurrency": 10_000}
+        # Detached: a replica outlives the scheduler actor that created it, which reattaches to
+        # it by name when it restarts (in-flight streams go on meanwhile).
+        opts: dict[str, Any] = {
+            "num_cpus": cfg.num_cpus,
+            "max_concurrency": 10_000,
+            "lifetime": "detached",
+        }
         if cfg.kind == "vllm" and cfg.device == "gpu":
             opts["num_gpus"] = 1
         if cfg.kind == "vllm":

@@ -95,7 +95,7 @@ def _wait_idle(http, timeout: float = 30.0) -> dict:
 def test_models_health_ready(http):
     models = http.get("/v1/models").json()
     assert [m["id"] for m in models["data"]] == [MODEL]
-    assert http.get("/health").json() == {"status": "ok"}
+    assert http.get("/health").json() == {"status": "ok", "degraded": []}
     ready = http.get("/ready")
     assert ready.status_code == 200 and ready.json()["replicas_up"] == 2
     quality = _status(http)["rank_quality"]  # live ranking quality (tests/test_rank_quality.py)
