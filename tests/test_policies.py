@@ -50,10 +50,10 @@ def ids(requests) -> list[str]:
 
 def test_fcfs_orders_by_arrival_and_a_requeued_request_keeps_its_place():
     q = make_queue(PolicyConfig(name="fcfs"))
-    reqs = [req(i, output=100 - i) for i in range(5)]
+    reqs = [req(i, output=100 - i, arrival=0.0 if i < 2 else float(i)) for i in range(5)]
     for r in reversed(reqs):
         q.add(r, 0.0)
-    assert ids(q.ordered(0.0)) == ["r0", "r1", "r2", "r3", "r4"]
+    assert ids(q.ordered(0.0)) == ["r0", "r1", "r2", "r3", "r4"]  # r0, r1 tie: by seq
     q.remove(reqs[1])
     assert reqs[1] not in q and len(q) == 4
     assert ids(q.ordered(0.0)) == ["r0", "r2", "r3", "r4"]
@@ -61,6 +61,10 @@ def test_fcfs_orders_by_arrival_and_a_requeued_request_keeps_its_place():
     q.add(reqs[1], 5.0)
     assert ids(q.ordered(5.0)) == ["r0", "r1", "r2", "r3", "r4"]
     assert q.priority(reqs[3], 5.0) < q.priority(reqs[4], 5.0)
+    # Taken back by a restarted scheduler (a later seq), it keeps its place by arrival.
+    late = req(9, arrival=2.5)
+    q.add(late, 6.0)
+    assert ids(q.ordered(6.0)) == ["r0", "r1", "r2", "r9", "r3", "r4"]
 
 
 def test_ordered_iteration_does_not_consume_the_queue():

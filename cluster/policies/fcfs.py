@@ -1,4 +1,5 @@
-"""First come, first served: the baseline every LLM server ships."""
+"""First come, first served: the baseline every LLM server ships. By arrival time (ties by
+arrival order), so that a request a restarted scheduler takes back keeps its place."""
 
 from __future__ import annotations
 
@@ -8,4 +9,4 @@ from cluster.request import Request
 
 class FCFSQueue(StaticKeyQueue):
     def key(self, request: Request) -> float:
-        return float(request.seq)
+        return request.arrival_time
