@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -64,6 +65,7 @@ def plan_reconcile(
 class ReplicaFleet:
     HEALTH_INTERVAL_S = 2.0
     HEALTH_TIMEOUT_S = 10.0
+    RETRY_PAUSE_S = 10.0  # between tries to start a missing replica
 
     def __init__(
         self,
@@ -73,17 +75,18 @@ class ReplicaFleet:
         on_down: Callable[[str, str], None],
         replace_dead: bool = True,
     ) -> None:
-        """`owner()` gives the scheduler actor's handle (known only once it runs): replicas
-        report to it, and replacements are started through it, as calls of their own that no
-        caller's cancellation can take down."""
+        """`owner()` gives the scheduler actor's handle (known only once it runs), which
+        replicas report to."""
         self.specs: dict[str, ReplicaSpec] = {s.replica_id: s for s in specs}
         self.handles: dict[str, Any] = {}
         self.infos: dict[str, ReplicaInfo] = {}
         self.loads: dict[str, ReplicaLoad] = {}  # as last reported
+        self.nodes: dict[str, str] = {}  # replica -> Ray node id
         self._on_up = on_up
         self._on_down = on_down
         self._replace_dead = replace_dead
         self._starting: dict[str, asyncio.Task] = {}
+        self._retry_at: dict[str, float] = {}  # missing replica -> when to try again
         self._health: asyncio.Task | None = None
         self._owner = owner
 
@@ -111,6 +114,7 @@ class ReplicaFleet:
         self.handles[spec.replica_id] = handle
         self.infos[spec.replica_id] = snapshot.info
         self.loads[spec.replica_id] = snapshot.load
+        self.nodes[spec.replica_id] = snapshot.node_id
         logger.info("replica %s up: %s", spec.replica_id, snapshot.info)
         self._on_up(snapshot)
 
@@ -185,6 +189,7 @@ class ReplicaFleet:
         handle = self.handles.pop(replica_id, None)
         self.infos.pop(replica_id, None)
         self.loads.pop(replica_id, None)
+        self.nodes.pop(replica_id, None)
         self._on_down(replica_id, why)
         if handle is not None:
             with contextlib.suppress(Exception):
@@ -201,14 +206,25 @@ class ReplicaFleet:
         except Exception as exc:  # noqa: BLE001 - any failure to answer means gone
             why = f"health check failed: {type(exc).__name__}"
         self.drop(replica_id, why)
-        if self._replace_dead and replica_id in self.specs:
-            self._owner().start.remote()
         return False
 
     async def _health_loop(self) -> None:
+        """Ping the replicas; bring up the configured ones that are missing (dead, or never
+        started), as resources allow, with a pause after each failed try."""
         while True:
             await asyncio.sleep(self.HEALTH_INTERVAL_S)
             await asyncio.gather(*(self.check(r) for r in list(self.handles)))
+            if not self._replace_dead:
+                continue
+            now = time.monotonic()
+            for replica_id, spec in self.specs.items():
+                if replica_id in self.handles or replica_id in self._starting:
+                    continue
+                if now < self._retry_at.get(replica_id, 0.0):
+                    continue
+                self._retry_at[replica_id] = now + self.RETRY_PAUSE_S
+                logger.warning("replica %s is missing: starting it", replica_id)
+                self._starting[replica_id] = asyncio.create_task(self._start_replica(spec))
 
     async def shutdown(self) -> None:
         """Stop the replicas' engines and their (detached) actors."""

@@ -98,6 +98,7 @@ class ReplicaSnapshot:
     load: ReplicaLoad
     seq: int  # the last report it made: everything up to it is in this snapshot
     dispatches: tuple[DispatchState, ...]
+    node_id: str = ""  # the Ray node it runs on
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import ray
+
 from cluster.events import EngineEvents, FinishReason
 from cluster.replicas import ReplicaLoad
 from cluster.runtime.engines import ENGINES
@@ -94,6 +96,7 @@ class EngineReplica:
             self.load(),
             self._seq,
             tuple(a.state() for a in self._active.values()),
+            ray.get_runtime_context().get_node_id(),
         )
 
     async def generate(self, call: GenerateCall) -> AsyncIterator[TokenChunk]:

@@ -69,7 +69,8 @@ class SchedulerActor:
         self._report_seq: dict[str, int] = {}  # replica -> last report applied
         self._leases = IngressLeases(self.INGRESS_LEASE_S)
         self._ended: OrderedDict[str, str] = OrderedDict()  # request id -> why it ended
-        self._booted: asyncio.Event | None = None
+        self._booted = asyncio.Event()
+        ray.get_runtime_context().current_actor.boot.remote()
         self._lease_task: asyncio.Task | None = None
 
     @property
@@ -79,17 +80,12 @@ class SchedulerActor:
     async def _ready(self) -> None:
         """Every call waits until the fleet is attached: after a restart, a report or a caller
         must not reach a core that has not yet learned what the replicas run."""
-        if self._booted is None:
-            self._booted = asyncio.Event()
-            # A call of its own: Ray cancels the tasks a call made when the call is cancelled
-            # (a caller that timed out), and the fleet's start must not go with it.
-            ray.get_runtime_context().current_actor.boot.remote()
         await self._booted.wait()
 
     async def boot(self) -> None:
-        """Attach to (or start) the replicas, then let every waiting call in."""
-        if self._booted is None:
-            self._booted = asyncio.Event()
+        """Attach to (or start) the replicas, then let every waiting call in. Called once, by
+        the actor itself as it is created: Ray cancels the calls a call made when that call is
+        cancelled (a caller that timed out), and the fleet's start must not go with it."""
         try:
             await self.fleet.start()
         finally:

@@ -25,9 +25,14 @@ class ReplicaConfig:
     num_cpus: float = 1.0
     work_dir: str = "/tmp/rankserve"  # per-replica vLLM / inductor caches and temp files
     sim_profile: str = "cpu-tiny"  # step-time profile of the simulated engine
+    # Ray's placement of the replica actors: SPREAD puts them on different nodes where it can
+    # (a node that dies takes one replica, not all); DEFAULT packs them.
+    scheduling_strategy: str = "SPREAD"
 
     def __post_init__(self) -> None:
         ENGINES.check(self.kind)
+        if self.scheduling_strategy not in ("SPREAD", "DEFAULT"):
+            raise ValueError("scheduling_strategy must be SPREAD or DEFAULT")
         if self.device not in DEVICES:
             raise ValueError(f"unknown device {self.device!r}; choose one of {', '.join(DEVICES)}")
         if self.kv_cache_gib < 1:
@@ -59,6 +64,7 @@ class ReplicaSpec:
             "num_cpus": cfg.num_cpus,
             "max_concurrency": 10_000,
             "lifetime": "detached",
+            "scheduling_strategy": cfg.scheduling_strategy,
         }
         if cfg.kind == "vllm" and cfg.device == "gpu":
             opts["num_gpus"] = 1

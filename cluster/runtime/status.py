@@ -22,6 +22,7 @@ class ReplicaStatus:
     free_kv_blocks: int  # as last reported by the replica
     num_running: int
     num_waiting: int
+    node_id: str  # the Ray node it runs on ("" while it is not up)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +60,7 @@ def cluster_status(core: Scheduler, fleet: ReplicaFleet) -> ClusterStatus:
                 free_kv_blocks=load.free_kv_blocks if load else 0,
                 num_running=load.num_running if load else 0,
                 num_waiting=load.num_waiting if load else 0,
+                node_id=fleet.nodes.get(replica_id, ""),
             )
         )
     return ClusterStatus(

@@ -23,8 +23,8 @@ httpx = pytest.importorskip("httpx")
 
 from serve_app import launcher  # noqa: E402
 from serve_app.serve_cli import one_core_each  # noqa: E402
+from tests.e2e.clients import MODEL, assert_whole, stream  # noqa: E402
 
-MODEL = "rankserve-tiny-llama"
 SLICE = 24
 
 
@@ -59,33 +59,6 @@ def status() -> object:
     return ray.get(launcher.scheduler().status.remote(), timeout=60)
 
 
-async def stream(client, max_tokens: int, prompt: str = "tell me") -> dict:
-    """One streamed completion: its token count, whether it ended with [DONE], its errors."""
-    body = {
-        "model": MODEL,
-        "prompt": prompt,
-        "max_tokens": max_tokens,
-        "ignore_eos": True,
-        "stream": True,
-        "stream_options": {"include_usage": True},
-    }
-    out = {"tokens": None, "done": False, "errors": [], "id": None, "first": asyncio.Event()}
-    async with client.stream("POST", "/v1/completions", json=body) as r:
-        async for line in r.aiter_lines():
-            if line == "data: [DONE]":
-                out["done"] = True
-            elif line.startswith("data: {"):
-                event = json.loads(line[6:])
-                if "error" in event:
-                    out["errors"].append(event["error"])
-                    continue
-                out["id"] = event["id"]
-                out["first"].set()
-                if event.get("usage"):
-                    out["tokens"] = event["usage"]["completion_tokens"]
-    return out
-
-
 async def load_and_kill(base_url: str, kill, lengths: list[int]) -> tuple[list[dict], float]:
     """Streams of `lengths` tokens; `kill()` once they all stream; then a new request: the
     results and how long the new request took."""
@@ -103,12 +76,6 @@ async def load_and_kill(base_url: str, kill, lengths: list[int]) -> tuple[list[d
         took = time.monotonic() - t0
         assert r.status_code == 200, r.text
         return list(await asyncio.gather(*tasks)), took
-
-
-def assert_whole(results: list[dict], lengths: list[int]) -> None:
-    for res, n in zip(results, lengths, strict=True):
-        assert res["errors"] == [], res["errors"]
-        assert res["done"] and res["tokens"] == n, (res, n)
 
 
 def test_a_stream_that_cannot_go_on_ends_with_an_error_event(url):
