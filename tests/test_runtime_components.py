@@ -113,3 +113,34 @@ def test_a_caller_that_goes_away_frees_its_slot_and_counts_as_failed(scheduler):
     after = wait_idle(scheduler)
     assert after.failed == before.failed + 1 and after.finished == before.finished
     assert all(r.assigned == 0 for r in after.replicas)
+
+
+def test_a_restarted_scheduler_takes_back_the_fleet_as_it_was_and_the_requests_in_flight(
+    scheduler,
+):
+    """Killed for good measure after a scale-up: Ray restarts it with the specs it was created
+    with (2 replicas), and it takes back the 3 live replicas and what they run."""
+    path = GenerationPath(scheduler, HeuristicScorer())
+    assert ray.get(scheduler.scale.remote(3), timeout=120) == [
+        "replica-0",
+        "replica-1",
+        "replica-2",
+    ]
+
+    async def main():
+        lengths = [30 + 11 * i for i in range(9)]
+        tasks = [
+            asyncio.create_task(generate(path, request(f"restart-{i}", n)))
+            for i, n in enumerate(lengths)
+        ]
+        await asyncio.sleep(0.3)
+        ray.kill(scheduler, no_restart=False)  # as a crash: Ray restarts it
+        return lengths, await asyncio.gather(*tasks)
+
+    lengths, records = asyncio.run(main())
+    assert [len(r.output_token_ids) for r in records] == lengths
+    s = wait_idle(scheduler)
+    assert [r.replica_id for r in s.replicas] == ["replica-0", "replica-1", "replica-2"]
+    assert all(r.alive for r in s.replicas)
+    record = asyncio.run(generate(path, request("after-restart", 12)))
+    assert len(record.output_token_ids) == 12

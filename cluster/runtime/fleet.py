@@ -17,7 +17,7 @@ from typing import Any
 import ray
 
 from cluster.replicas import ReplicaLoad
-from cluster.runtime.names import NAMESPACE, replica_actor_name
+from cluster.runtime.names import NAMESPACE, replica_actor_name, replica_id_of
 from cluster.runtime.protocol import ReplicaInfo, ReplicaSnapshot
 from cluster.runtime.replica import EngineReplica
 from cluster.runtime.spec import ReplicaSpec
@@ -157,6 +157,30 @@ class ReplicaFleet:
                 # The replica this one replaces was just killed: its name frees up shortly.
                 await asyncio.sleep(0.5)
         raise RuntimeError(f"actor name {name} stays taken")
+
+    async def adopt_running(self) -> list[str]:
+        """Take into the fleet the live replicas it does not list (a restarted scheduler gets
+        the specs it was created with; the replicas are the record of the fleet as it was, with
+        every scale and redeployment since). Returns the replica ids adopted."""
+        adopted = []
+        for actor in ray.util.list_named_actors(all_namespaces=True):
+            if actor["namespace"] != NAMESPACE:
+                continue
+            name = actor["name"]
+            replica_id = replica_id_of(name)
+            if replica_id is None or replica_id in self.specs:
+                continue
+            try:
+                handle = ray.get_actor(name, namespace=NAMESPACE)
+                snapshot = await asyncio.wait_for(handle.snapshot.remote(), self.HEALTH_TIMEOUT_S)
+            except Exception as exc:  # noqa: BLE001 - one that does not answer is not adopted
+                logger.warning("replica %s left alone: %s", replica_id, type(exc).__name__)
+                continue
+            self.specs[replica_id] = snapshot.spec
+            adopted.append(replica_id)
+        if adopted:
+            logger.warning("replicas taken back into the fleet: %s", ", ".join(adopted))
+        return adopted
 
     async def settle(self) -> None:
         """Wait for the replicas being started now."""

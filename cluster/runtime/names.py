@@ -6,5 +6,14 @@ SCHEDULER_ACTOR = "rankserve-scheduler"
 PREDICTOR_ACTOR = "rankserve-predictor"
 
 
+REPLICA_PREFIX = "rankserve-"
+
+
 def replica_actor_name(replica_id: str) -> str:
-    return f"rankserve-{replica_id}"
+    return f"{REPLICA_PREFIX}{replica_id}"
+
+
+def replica_id_of(actor_name: str) -> str | None:
+    """The replica id of an engine replica actor's name; None for other actors' names."""
+    rest = actor_name.removeprefix(REPLICA_PREFIX)
+    return rest if rest != actor_name and rest.startswith("replica-") else None

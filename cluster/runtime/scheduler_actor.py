@@ -87,6 +87,7 @@ class SchedulerActor:
         the actor itself as it is created: Ray cancels the calls a call made when that call is
         cancelled (a caller that timed out), and the fleet's start must not go with it."""
         try:
+            await self.fleet.adopt_running()
             await self.fleet.start()
         finally:
             self._lease_task = asyncio.create_task(self._lease_loop())

