@@ -33,8 +33,51 @@ class PolicyConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AdmissionConfig:
+    """Bounds on the global queue (see cluster.admission); None turns a bound off. Off by
+    default here, so that the simulator queues whole bursts; the service sets its own."""
+
+    max_queued: int | None = None
+    max_queue_wait_s: float | None = None  # expected drain time of the queue, at measured rate
+    queue_timeout_s: float | None = None  # waiting for the first dispatch longer: 408
+    # "tenant=weight" entries: a full queue sheds the tenant furthest over its weighted share
+    # first. Tenants not listed weigh `default_tenant_weight`.
+    tenant_shares: tuple[str, ...] = ()
+    default_tenant_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.max_queued is not None and self.max_queued < 0:
+            raise ValueError("admission.max_queued must be >= 0")
+        for name in ("max_queue_wait_s", "queue_timeout_s"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"admission.{name} must be > 0")
+        if self.default_tenant_weight <= 0:
+            raise ValueError("admission.default_tenant_weight must be > 0")
+        self.tenant_weights()  # parse errors now, not at the first full queue
+
+    @property
+    def is_bounded(self) -> bool:
+        return self.max_queued is not None or self.max_queue_wait_s is not None
+
+    def tenant_weights(self) -> dict[str, float]:
+        weights = {}
+        for entry in self.tenant_shares:
+            tenant, eq, weight = entry.partition("=")
+            try:
+                value = float(weight)
+            except ValueError:
+                value = -1.0
+            if not eq or not tenant or value <= 0:
+                raise ValueError(f"admission.tenant_shares: {entry!r} is not tenant=weight > 0")
+            weights[tenant] = value
+        return weights
+
+
+@dataclass(frozen=True, slots=True)
 class SchedulerConfig:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
+    admission: AdmissionConfig = field(default_factory=AdmissionConfig)
     # A replica takes new work only while its free KV blocks, after the new prompt's blocks,
     # stay above this fraction of its cache (room for the running requests to grow).
     kv_headroom_fraction: float = 0.05

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cluster.admission import Refusal
 
 
 class RequestState(enum.Enum):
@@ -65,6 +69,7 @@ class Request:
     num_preemptions: int = 0
     num_dispatches: int = 0
     error: str | None = None
+    refusal: Refusal | None = None  # set when admission control dropped it from the queue
     seq: int = field(default=0)  # arrival order, set by the scheduler; tie-breaker everywhere
 
     @property

@@ -7,17 +7,21 @@ tokens), `apply(events)` takes in what the engines did (`cluster.events`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+from collections import Counter
 from dataclasses import dataclass
 
+from cluster.admission import AdmissionControl, Refusal, ShedReason
 from cluster.clock import Clock
-from cluster.config import SchedulerConfig
+from cluster.config import AdmissionConfig, SchedulerConfig
 from cluster.events import EngineEvents, FinishReason
 from cluster.policies import make_queue
 from cluster.rank_quality import RankQualityMonitor
 from cluster.replicas import ReplicaView
 from cluster.request import Request, RequestState
 from cluster.routing import make_routing
+from cluster.service_rate import ServiceRate
 
 _INT64_MAX = 2**62
 
@@ -44,6 +48,7 @@ class SchedulerStats:
     failed: int
     rounds: int
     slices: int
+    shed: dict[str, int]  # refused or dropped from the queue, by ShedReason value
 
 
 def engine_priority(value: float) -> int:
@@ -66,9 +71,12 @@ class Scheduler:
         self._slices = 0
         self._rounds_before = 0  # rounds counted by queues replaced in `reconfigure`
         self._rejected: list[Request] = []
+        self._shed: Counter[ShedReason] = Counter()
         self.config = config
         self.queue = make_queue(config.policy)
         self.routing = make_routing(config)
+        self.admission = AdmissionControl(config.admission)
+        self.rate = ServiceRate()
         self.rank_quality = RankQualityMonitor(config.rank_quality_window)
 
     def reconfigure(self, config: SchedulerConfig) -> None:
@@ -84,6 +92,13 @@ class Scheduler:
         self.config = config
         self.queue = make_queue(config.policy)
         self.routing = make_routing(config)
+        self.admission = AdmissionControl(config.admission)
+
+    def set_admission(self, admission: AdmissionConfig) -> None:
+        """New queue bounds, at any time: they apply to the requests that arrive from now on
+        (and the queue deadline to every queued request)."""
+        self.config = dataclasses.replace(self.config, admission=admission)
+        self.admission = AdmissionControl(admission)
 
     # ---- replicas -------------------------------------------------------------------------
 
@@ -123,6 +138,27 @@ class Scheduler:
         self._requests[request.request_id] = request
         self.queue.add(request, self.clock.now())
 
+    def admit(self, request: Request) -> Refusal | None:
+        """Submit `request` if admission control lets it in; else mark it failed with the
+        refusal to answer it with, and return that (the scheduler does not keep it). A request
+        admitted in place of a queued one of a tenant over its share fails that one, which
+        `take_rejected` then returns."""
+        if self.config.admission.is_bounded:
+            queued = [r for r in self._requests.values() if r.state is RequestState.QUEUED]
+            decision = self.admission.decide(request, queued, self.rate, self.clock.now())
+            if (refusal := decision.refusal) is not None:
+                request.state, request.error, request.refusal = (
+                    RequestState.FAILED,
+                    refusal.message,
+                    refusal,
+                )
+                self._shed[refusal.reason] += 1
+                return refusal
+            if decision.evict is not None:
+                self._refuse(decision.evict, self.admission.eviction_refusal(decision.evict))
+        self.submit(request)
+        return None
+
     def restore(self, request: Request, replica_id: str | None = None) -> None:
         """Take back a request a restarted host learned of from the replicas or the callers,
         with the tokens it has (`generated`) and its dispatch count: running on `replica_id`
@@ -152,10 +188,14 @@ class Scheduler:
         says, until it finds no room for the next one. Strict order: a request that fits
         nowhere now stops the round rather than being overtaken; one that could never fit on
         any replica fails (see `take_rejected`) instead of stalling all."""
+        now = self.clock.now()
+        if self.config.admission.queue_timeout_s is not None and self.queue:
+            queued = [r for r in self._requests.values() if r.state is RequestState.QUEUED]
+            for request in self.admission.expired(queued, now):
+                self._refuse(request, self.admission.timeout_refusal(request, now))
         replicas = list(self._replicas.values())
         if not self.queue or not replicas or not self.routing.has_room(replicas):
             return []
-        now = self.clock.now()
         self.queue.begin_round(now)
         dispatches: list[Dispatch] = []
         rejected: list[Request] = []
@@ -181,8 +221,9 @@ class Scheduler:
         return dispatches
 
     def take_rejected(self) -> list[Request]:
-        """Requests that `schedule()` failed because no replica could ever hold them, since the
-        last call: the live actor answers their callers."""
+        """Requests the scheduler failed on its own since the last call: no replica could ever
+        hold them, or admission control dropped them from the queue (`Request.refusal` says
+        why). The live actor answers their callers."""
         rejected, self._rejected = self._rejected, []
         return rejected
 
@@ -214,9 +255,11 @@ class Scheduler:
             if (request := self._active(rid, here)) is not None:
                 self._running(request)
         now = self.clock.now()
+        tokens = 0
         for rid, count in events.tokens.items():
             if (request := self._active(rid, here)) is not None:
                 request.record_tokens(count, now)
+                tokens += count
         for rid, reason in events.ended.items():
             if (request := self._active(rid, here)) is None:
                 continue
@@ -233,6 +276,8 @@ class Scheduler:
             if (request := self._active(rid, here)) is not None:
                 self.fail(rid, error)
                 ended.append(request)
+        finished = sum(r.state is RequestState.FINISHED for r in ended)
+        self.rate.record(now, tokens, finished)
         view = self._replicas.get(events.replica_id)
         if events.load is not None and view is not None:
             view.reported_free_blocks = events.load.free_kv_blocks
@@ -297,6 +342,7 @@ class Scheduler:
             failed=self._failed,
             rounds=self._rounds_before + self.queue.round,
             slices=self._slices,
+            shed={reason.value: n for reason, n in self._shed.items()},
         )
 
     # ---- internals ------------------------------------------------------------------------
@@ -328,6 +374,12 @@ class Scheduler:
         self._release(request)
         self._finished += 1
         self.rank_quality.record(request)
+
+    def _refuse(self, request: Request, refusal: Refusal) -> None:
+        self.fail(request.request_id, refusal.message)
+        request.refusal = refusal
+        self._shed[refusal.reason] += 1
+        self._rejected.append(request)
 
     def _release(self, request: Request) -> None:
         if request.replica_id is not None and request.replica_id in self._replicas:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cluster.config import EngineConfig, SchedulerConfig
+from cluster.config import AdmissionConfig, EngineConfig, SchedulerConfig
 from cluster.runtime.spec import ReplicaConfig, ReplicaSpec, replica_specs
 from cluster.settings import from_mapping, to_mapping
 from serve_app.scoring import SCORERS
@@ -35,6 +35,11 @@ class PredictorSettings:
             raise ValueError("predictor.deadline_s must be > 0")
 
 
+def _serving_scheduler() -> SchedulerConfig:
+    # A service answers overload with 429 at once rather than with minutes of queue.
+    return SchedulerConfig(admission=AdmissionConfig(max_queued=1024, max_queue_wait_s=30.0))
+
+
 def _serving_engine() -> EngineConfig:
     # Small engines for the machines rankserve starts on by default; YAML overrides any field.
     return EngineConfig(max_num_seqs=16, max_num_batched_tokens=4096, max_model_len=2048)
@@ -51,7 +56,7 @@ class ServeConfig:
     request_log: str | None = None  # request log file (JSONL, rotated); None: off
     request_log_max_bytes: int = 256 * 1024 * 1024
     engine: EngineConfig = field(default_factory=_serving_engine)
-    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    scheduler: SchedulerConfig = field(default_factory=_serving_scheduler)
     replica: ReplicaConfig = field(default_factory=ReplicaConfig)
     predictor: PredictorSettings = field(default_factory=PredictorSettings)
 

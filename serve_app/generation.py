@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from cluster.admission import Refusal
 from cluster.events import FinishReason
 from cluster.runtime.protocol import GenerateCall, SubmitRequest, TokenChunk
 from serve_app.scoring import Scorer
@@ -54,12 +55,25 @@ class GenerationRecord:
 
 
 class GenerationFailed(RuntimeError):
-    """The cluster gave up on a request: `status` and `code` are what its client is told."""
+    """The cluster gave up on a request: `status` and `code` are what its client is told, and
+    `retry_after_s` when it may try again."""
 
-    def __init__(self, message: str, status: int = 500, code: str = "generation_failed") -> None:
+    def __init__(
+        self,
+        message: str,
+        status: int = 500,
+        code: str = "generation_failed",
+        retry_after_s: float | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
+        self.retry_after_s = retry_after_s
+
+    @classmethod
+    def refused(cls, refusal: Refusal) -> GenerationFailed:
+        reason = refusal.reason
+        return cls(refusal.message, reason.http_status, reason.value, refusal.retry_after_s)
 
 
 _RAY_GONE: tuple[type[BaseException], ...] = ()
@@ -139,7 +153,9 @@ class GenerationPath:
             ingress_id=self.ingress_id,
             arrival_wall=record.arrival,
         )
-        await self._call("submit", submit)
+        refusal = await self._call("submit", submit)
+        if refusal is not None:
+            raise GenerationFailed.refused(refusal)
         done = False
         try:
             async for chunk in self._dispatches(submit, inp, record):
@@ -161,6 +177,8 @@ class GenerationPath:
             # The scheduler continues from what this caller holds (the record of what was
             # delivered), and decides the dispatch's budget and whether it is a slice.
             ticket = await self._call("wait_dispatch", submit, after, len(generated))
+            if ticket.refusal is not None:
+                raise GenerationFailed.refused(ticket.refusal)
             if ticket.error is not None:
                 raise GenerationFailed(ticket.error)
             after = ticket.dispatch_no

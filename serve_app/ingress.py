@@ -36,6 +36,7 @@ from serve_app.scoring import make_scorer
 logger = logging.getLogger(__name__)
 
 STATUS_TIMEOUT_S = 5.0
+_REFUSAL_TYPES = {429: "rate_limit_error", 408: "timeout_error"}  # OpenAI error types
 
 api = FastAPI(title="rankserve", description="OpenAI-compatible LLM serving with global ranking")
 
@@ -43,7 +44,7 @@ api = FastAPI(title="rankserve", description="OpenAI-compatible LLM serving with
 # Helpers used by the deployment are defined above it: Serve pickles the deployment class when
 # it is decorated, with the module globals that exist at that point.
 def _error(e: oa.APIError) -> JSONResponse:
-    return JSONResponse(e.body(), status_code=e.status)
+    return JSONResponse(e.body(), status_code=e.status, headers=e.headers())
 
 
 def _grpc_error(context: Any, e: oa.APIError) -> None:
@@ -58,6 +59,8 @@ def _grpc_error(context: Any, e: oa.APIError) -> None:
     }
     context.set_code(codes.get(e.status, grpc.StatusCode.INTERNAL))
     context.set_details(e.message)
+    if e.retry_after_s is not None:
+        context.set_trailing_metadata([("retry-after", e.headers()["Retry-After"])])
 
 
 @serve.deployment(name="RankServeIngress", max_ongoing_requests=1000)
@@ -104,6 +107,11 @@ class Ingress:
             logger.warning(
                 "%s failed after %d tokens: %s", inp.request_id, len(record.output_token_ids), e
             )
+            if e.status in _REFUSAL_TYPES:  # admission control: the client may come back
+                kind, after = _REFUSAL_TYPES[e.status], e.retry_after_s
+                raise oa.APIError(
+                    str(e), e.status, kind, code=e.code, retry_after_s=after
+                ) from None
             raise oa.APIError(
                 f"Generation failed: {e}", e.status, "server_error", code=e.code
             ) from None
@@ -210,7 +218,7 @@ class Ingress:
             return _error(e)
         record = GenerationRecord(prompt_tokens=len(inp.prompt_token_ids))
         if body.stream:
-            return self._sse(inp, record, body, chat=chat)
+            return await self._sse(inp, record, body, chat=chat)
         return await self._unary(inp, record, body, chat=chat)
 
     async def _unary(
@@ -230,16 +238,32 @@ class Ingress:
             build(inp.request_id, body.model, "".join(parts), finish, record.prompt_tokens, n)
         )
 
-    def _sse(
+    async def _sse(
         self, inp: GenerationInput, record: GenerationRecord, body: oa._Body, chat: bool
-    ) -> StreamingResponse:
+    ) -> JSONResponse | StreamingResponse:
         rid, model = inp.request_id, body.model
+        chunks = self._run(inp, record)
+        # The response's status waits for the first chunk: a request refused by admission
+        # control, or dropped at its queue deadline, is answered 429 / 408 (not 200 and an
+        # error event). The queue's bounds bound that wait.
+        try:
+            first = [await anext(chunks)]
+        except oa.APIError as e:
+            return _error(e)
+        except StopAsyncIteration:
+            first = []
+
+        async def rest() -> AsyncIterator[tuple[str, int, str | None]]:
+            for chunk in first:
+                yield chunk
+            async for chunk in chunks:
+                yield chunk
 
         async def events() -> AsyncIterator[str]:
             if chat:
                 yield oa.sse(oa.chat_chunk(rid, model, {"role": "assistant", "content": ""}, None))
             try:
-                async for text, _, reason in self._run(inp, record):
+                async for text, _, reason in rest():
                     if chat:
                         delta = {"content": text} if text else {}
                         yield oa.sse(oa.chat_chunk(rid, model, delta, reason))

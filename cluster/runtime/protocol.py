@@ -16,8 +16,10 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from cluster.admission import Refusal
 from cluster.events import EngineEvents, FinishReason
 from cluster.replicas import ReplicaLoad
+from cluster.request import Request
 
 if TYPE_CHECKING:
     from cluster.runtime.spec import ReplicaSpec
@@ -38,6 +40,23 @@ class SubmitRequest:
     priority_hint: int | None = None
     ingress_id: str = ""  # the ingress holding the client; its lease lapsing aborts the request
     arrival_wall: float = 0.0  # time.time() when the ingress took the request
+
+    def to_request(self, arrival: float, generated: int) -> Request:
+        """The core's request, arrived at `arrival` on the scheduler's clock, with `generated`
+        tokens so far."""
+        request = Request(
+            request_id=self.request_id,
+            prompt_tokens=self.prompt_tokens,
+            max_tokens=self.max_tokens,
+            arrival_time=arrival,
+            score=self.score,
+            predicted_tokens=self.predicted_tokens,
+            slo=self.slo,
+            tenant=self.tenant,
+            priority_hint=self.priority_hint,
+        )
+        request.generated = generated
+        return request
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +95,7 @@ class Ticket:
     max_new_tokens: int = 0
     final: bool = True
     error: str | None = None
+    refusal: Refusal | None = None  # set with `error` when admission control dropped it
 
 
 @dataclass(frozen=True, slots=True)

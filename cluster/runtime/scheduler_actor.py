@@ -23,8 +23,9 @@ from typing import Any
 
 import ray
 
+from cluster.admission import Refusal
 from cluster.clock import WallClock
-from cluster.config import PolicyConfig, SchedulerConfig
+from cluster.config import AdmissionConfig, PolicyConfig, SchedulerConfig
 from cluster.request import Request
 from cluster.runtime.fleet import ReplicaFleet
 from cluster.runtime.leases import IngressLeases
@@ -68,7 +69,8 @@ class SchedulerActor:
         self._waiters: dict[str, asyncio.Future] = {}
         self._report_seq: dict[str, int] = {}  # replica -> last report applied
         self._leases = IngressLeases(self.INGRESS_LEASE_S)
-        self._ended: OrderedDict[str, str] = OrderedDict()  # request id -> why it ended
+        # request id -> why it ended (and the refusal, when admission control ended it)
+        self._ended: OrderedDict[str, tuple[str, Refusal | None]] = OrderedDict()
         self._booted = asyncio.Event()
         ray.get_runtime_context().current_actor.boot.remote()
         self._lease_task: asyncio.Task | None = None
@@ -136,14 +138,20 @@ class SchedulerActor:
 
     # ---- requests -------------------------------------------------------------------------
 
-    async def submit(self, submit: SubmitRequest) -> None:
-        """A new request (already scored by the predictor); it arrives now, on this clock. A
+    async def submit(self, submit: SubmitRequest) -> Refusal | None:
+        """A new request (already scored by the predictor); it arrives now, on this clock.
+        Returns the refusal to answer it with if admission control does not let it in. A
         repeated submit (the caller retried) changes nothing."""
         await self._ready()
-        if submit.request_id in self._ended or self._known(submit.request_id):
-            return
-        self._register(submit, delivered=0, dispatches=0)
+        if submit.request_id in self._ended:
+            return self._ended[submit.request_id][1]
+        if self._known(submit.request_id):
+            return None
+        refusal = self._register(submit, delivered=0, dispatches=0, admit=True)
+        if refusal is not None:
+            logger.info("%s refused: %s", submit.request_id, refusal.message)
         self._schedule()
+        return refusal
 
     async def wait_dispatch(
         self, submit: SubmitRequest, after: int = 0, delivered: int = 0
@@ -154,7 +162,8 @@ class SchedulerActor:
         await self._ready()
         rid = submit.request_id
         if rid in self._ended:
-            return Ticket(rid, after, error=self._ended[rid])
+            why, refusal = self._ended[rid]
+            return Ticket(rid, after, error=why, refusal=refusal)
         if not self._known(rid):
             logger.info("%s: taken back from its ingress with %d tokens", rid, delivered)
             self._register(submit, delivered, dispatches=after)
@@ -216,6 +225,12 @@ class SchedulerActor:
         self._core.reconfigure(dataclasses.replace(self.config, policy=policy))
         logger.info("policy is now %s", policy.name)
 
+    async def set_admission(self, admission: AdmissionConfig) -> None:
+        """New queue bounds, applied at once (see Scheduler.set_admission)."""
+        await self._ready()
+        self._core.set_admission(admission)
+        logger.info("admission is now %s", admission)
+
     async def reconcile(
         self, config: SchedulerConfig, replicas: list[ReplicaSpec]
     ) -> list[ReplicaInfo]:
@@ -248,15 +263,20 @@ class SchedulerActor:
             return False
         return True
 
-    def _register(self, submit: SubmitRequest, delivered: int, dispatches: int) -> None:
-        """Queue a request; `dispatches` it had before (in this scheduler's previous life), so
-        that dispatch numbers, and the engine request ids made of them, stay unique."""
+    def _register(
+        self, submit: SubmitRequest, delivered: int, dispatches: int, admit: bool = False
+    ) -> Refusal | None:
+        """Queue a request, through admission control when `admit` (one taken back after a
+        restart was admitted before); `dispatches`: those of the scheduler's previous life,
+        so that dispatch numbers (and engine request ids) stay unique."""
         now = self._core.clock.now()
         waited = max(0.0, time.time() - submit.arrival_wall) if submit.arrival_wall else 0.0
-        request = _request_of(submit, arrival=now - waited, generated=delivered)
+        request = submit.to_request(arrival=now - waited, generated=delivered)
         request.num_dispatches = dispatches
-        self._core.submit(request)
-        self._lease_for(submit)
+        refusal = self._core.admit(request) if admit else self._core.submit(request)
+        if refusal is None:
+            self._lease_for(submit)
+        return refusal
 
     def _adopt(self, replica_id: str, state: DispatchState, already_counted: int) -> None:
         """A dispatch running on a replica that this scheduler did not decide (its previous
@@ -277,9 +297,7 @@ class SchedulerActor:
             return
         now = self._core.clock.now()
         waited = max(0.0, time.time() - state.submit.arrival_wall)
-        request = _request_of(
-            state.submit, arrival=now - waited, generated=state.generated - already_counted
-        )
+        request = state.submit.to_request(now - waited, state.generated - already_counted)
         request.num_dispatches = state.dispatch_no
         if state.started:
             request.first_token_time = now
@@ -293,6 +311,8 @@ class SchedulerActor:
     async def _lease_loop(self) -> None:
         while True:
             await asyncio.sleep(1.0)
+            if self.config.admission.queue_timeout_s is not None:
+                self._schedule()  # a round drops the requests past their queue deadline
             lapsed, gone = self._leases.lapse(self._core.clock.now())
             if not lapsed:
                 continue
@@ -313,12 +333,13 @@ class SchedulerActor:
         self._tickets.pop(rid, None)
         self._leases.forget(rid)
         why = request.error or "ended"
-        self._ended[rid] = why
+        self._ended[rid] = (why, request.refusal)
         while len(self._ended) > self.ENDED_MEMORY:
             self._ended.popitem(last=False)
         future = self._waiters.pop(rid, None)
         if future is not None and not future.done():
-            future.set_result(Ticket(rid, request.num_dispatches, error=why))
+            refusal = request.refusal
+            future.set_result(Ticket(rid, request.num_dispatches, error=why, refusal=refusal))
 
     def _schedule(self) -> None:
         for d in self._core.schedule():
@@ -336,25 +357,10 @@ class SchedulerActor:
             future = self._waiters.pop(rid, None)
             if future is not None and not future.done():
                 future.set_result(ticket)
-        # Requests no replica could ever hold (context beyond every KV cache): fail them now.
+        # Requests no replica could ever hold (context beyond every KV cache), or dropped from
+        # the queue by admission control: answer them now.
         for request in self._core.take_rejected():
             self._forget(request)
-
-
-def _request_of(submit: SubmitRequest, arrival: float, generated: int) -> Request:
-    request = Request(
-        request_id=submit.request_id,
-        prompt_tokens=submit.prompt_tokens,
-        max_tokens=submit.max_tokens,
-        arrival_time=arrival,
-        score=submit.score,
-        predicted_tokens=submit.predicted_tokens,
-        slo=submit.slo,
-        tenant=submit.tenant,
-        priority_hint=submit.priority_hint,
-    )
-    request.generated = generated
-    return request
 
 
 def scheduler_actor_options(detached: bool = True) -> dict[str, Any]:

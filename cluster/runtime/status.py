@@ -36,6 +36,7 @@ class ClusterStatus:
     rounds: int
     replicas: list[ReplicaStatus]
     rank_quality: RankQuality
+    shed: dict[str, int]  # requests refused or dropped by admission control, by reason
 
     @property
     def ready(self) -> bool:
@@ -73,4 +74,5 @@ def cluster_status(core: Scheduler, fleet: ReplicaFleet) -> ClusterStatus:
         stats.rounds,
         replicas,
         core.rank_quality.summary(),
+        stats.shed,
     )

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from cluster.config import EngineConfig, PolicyConfig, SchedulerConfig
+from cluster.config import AdmissionConfig, EngineConfig, PolicyConfig, SchedulerConfig
 from cluster.policies import POLICIES
 from cluster.routing import ROUTINGS
 from cluster.sim.report import format_table, plot_cdfs
@@ -110,6 +110,22 @@ def register(
         type=float,
         default=SchedulerConfig().kv_headroom_fraction,
         help="fraction of a replica's KV cache kept free when dispatching",
+    )
+    a = p.add_argument_group("admission (off by default: whole bursts are queued)")
+    a.add_argument("--max-queued", type=int, default=None, help="refuse past this queue length")
+    a.add_argument(
+        "--max-queue-wait",
+        type=float,
+        default=None,
+        metavar="S",
+        help="refuse while the queue's expected drain time exceeds S seconds",
+    )
+    a.add_argument(
+        "--queue-timeout",
+        type=float,
+        default=None,
+        metavar="S",
+        help="drop a request not dispatched within S seconds of its arrival",
     )
     e = p.add_argument_group("engines")
     e.add_argument("--replicas", type=int, default=1)
@@ -221,6 +237,11 @@ def run(args: argparse.Namespace) -> int:
                 kv_headroom_fraction=args.kv_headroom,
                 routing=args.routing,
                 routing_seed=args.seed,
+                admission=AdmissionConfig(
+                    max_queued=args.max_queued,
+                    max_queue_wait_s=args.max_queue_wait,
+                    queue_timeout_s=args.queue_timeout,
+                ),
             )
             config = SimulationConfig(
                 scheduler,

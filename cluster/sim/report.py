@@ -38,6 +38,12 @@ def format_table(results: list[SimulationResult]) -> str:
         for r in results
         if r.time_to_k_s is not None
     ]
+    extra += [
+        f"{r.policy}: shed by admission control "
+        + ", ".join(f"{reason} {n}" for reason, n in sorted(r.shed.items()))
+        for r in results
+        if r.shed
+    ]
     return "\n".join(lines + extra)
 
 

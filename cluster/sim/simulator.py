@@ -62,6 +62,7 @@ class SimulationResult:
     engine_preemptions: int
     slices: int
     unfinished: int
+    shed: dict[str, int] = field(default_factory=dict)  # by admission control, by reason
     time_to_k_s: float | None = None
     stopped_by: str = "drained"
     extra: dict = field(default_factory=dict)
@@ -79,6 +80,8 @@ class SimulationResult:
         )
         if self.time_to_k_s is not None:
             out["time_to_k_s"] = self.time_to_k_s
+        if self.shed:
+            out["shed"] = self.shed
         return out
 
 
@@ -155,6 +158,7 @@ def simulate(
     time_to_k = None
     stopped_by = "drained"
     ai, n = 0, len(arrivals)
+    refused = 0  # by admission control on arrival (never held by the scheduler)
     bar = tqdm(
         total=target or n,
         unit="req",
@@ -175,7 +179,8 @@ def simulate(
             break
         clock.advance_to(t)
         while ai < n and arrivals[ai].arrival_time <= t:
-            scheduler.submit(arrivals[ai])
+            if scheduler.admit(arrivals[ai]) is not None:
+                refused += 1
             ai += 1
         while steps and steps[0][0] <= t:
             _, _, replica_id, result = heapq.heappop(steps)
@@ -209,7 +214,7 @@ def simulate(
     done_requests = [r for r in scheduler.requests() if r.state is RequestState.FINISHED]
     timings = [timing_of(r) for r in done_requests]
     failed = sum(1 for r in scheduler.requests() if r.state is RequestState.FAILED)
-    unfinished = n - len(done_requests) - failed
+    unfinished = n - len(done_requests) - failed - refused
     end = clock.now() if stopped_by == "time_limit" else None
     # From the workload's first arrival: when a run stops early, the earliest request that
     # finished may have arrived later, and throughput would be taken over a shorter window.
@@ -225,6 +230,7 @@ def simulate(
         engine_preemptions=sum(e.preemptions for e in engines),
         slices=scheduler.stats().slices,
         unfinished=unfinished,
+        shed=scheduler.stats().shed,
         time_to_k_s=time_to_k,
         stopped_by=stopped_by,
     )
