@@ -4,8 +4,9 @@ latencies that grow with it (SGLang's router and Ray Serve's `max_queued_request
 
 Three bounds, each optional (`AdmissionConfig`):
 - a count of queued requests;
-- the queue's expected drain time: the tokens it still has to produce (each request's predicted
-  length, else its max_tokens) over the cluster's measured token rate. This bounds the wait of
+- the queue's expected drain time, the longer of two estimates: the tokens it still has to
+  produce (each request's predicted length, else its max_tokens) over the cluster's measured
+  token rate, and its length over the measured completion rate. This bounds the wait of
   whoever is admitted, whatever the order;
 - a queue deadline: a request still waiting for its first dispatch after `queue_timeout_s` is
   answered 408 (it has streamed nothing yet).
@@ -111,17 +112,24 @@ class AdmissionControl:
             )
         if cfg.max_queue_wait_s is None:
             return None
-        tokens_per_s = rate.tokens_per_s(now)
-        if tokens_per_s is None:
+        # Two estimates, the longer one holds: the queue's predicted tokens over the token
+        # rate (knows that short answers drain fast), and its length over the completion rate
+        # (needs no prediction: a scorer that predicts too short cannot let the queue grow).
+        estimates = []
+        if (tokens_per_s := rate.tokens_per_s(now)) is not None:
+            work = sum(expected_tokens(r) for r in queued) + expected_tokens(request)
+            estimates.append((work / tokens_per_s, f"{tokens_per_s:.0f} tokens/s"))
+        if (per_s := rate.completions_per_s(now)) is not None:
+            estimates.append(((len(queued) + 1) / per_s, f"{per_s:.1f} requests/s"))
+        if not estimates:
             return None  # no measured rate yet: only the count bound holds
-        work = sum(expected_tokens(r) for r in queued) + expected_tokens(request)
-        wait = work / tokens_per_s
+        wait, at = max(estimates)
         if wait <= cfg.max_queue_wait_s:
             return None
         return Refusal(
             ShedReason.WAIT_TOO_LONG,
-            f"the queue would take about {wait:.0f} s to drain at the current "
-            f"{tokens_per_s:.0f} tokens/s (max_queue_wait_s={cfg.max_queue_wait_s:g})",
+            f"the queue would take about {wait:.0f} s to drain at the current {at} "
+            f"(max_queue_wait_s={cfg.max_queue_wait_s:g})",
             _retry_after(wait - cfg.max_queue_wait_s),
         )
 

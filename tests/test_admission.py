@@ -72,6 +72,18 @@ def test_predicted_lengths_make_the_wait_estimate():
     assert core.admit(req(10, max_tokens=2000)) is not None  # 2000 tokens more: too long
 
 
+def test_a_scorer_that_predicts_too_short_cannot_let_the_queue_grow():
+    core, clock = scheduler(max_queue_wait_s=10.0)
+    for i in range(20):
+        assert core.admit(req(i, predicted_tokens=1.0)) is None
+    for t in range(1, 11):  # 1000 tokens/s, but only one answer a second
+        clock.advance_to(float(t))
+        core.rate.record(clock.now(), tokens=1000, completions=1)
+    # 20 x 1 predicted token is nothing at 1000 tokens/s; 20 requests at 1/s are 20 s.
+    refusal = core.admit(req(20, predicted_tokens=1.0))
+    assert refusal is not None and "requests/s" in refusal.message
+
+
 def test_the_queue_deadline_drops_only_requests_never_dispatched():
     core, clock = scheduler(queue_timeout_s=5.0)
     core.add_replica("a", max_num_seqs=1, total_kv_blocks=1000, block_size=16)
