@@ -33,6 +33,40 @@ class PolicyConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AutoscalingConfig:
+    """Engine replicas that follow the global queue (cluster.autoscaler). Off: the fleet keeps
+    the configured count."""
+
+    enabled: bool = False
+    min_replicas: int = 1
+    max_replicas: int = 8
+    # Replicas are added while a request arriving now would wait longer than this in the
+    # global queue (queued requests / the rate the fleet finishes requests).
+    target_wait_s: float = 10.0
+    # With no queue, replicas are removed down to the number that would each be this busy
+    # (a replica's share in use: the larger of its slots and its KV cache).
+    target_utilization: float = 0.6
+    # A change is made only once the need for it has lasted this long: up quickly, down slowly.
+    upscale_delay_s: float = 30.0
+    downscale_delay_s: float = 300.0
+    # A removed replica first drains (takes no new request); what still runs on it after this
+    # goes back to the queue and continues elsewhere with its prefix.
+    drain_timeout_s: float = 60.0
+    rate_window_s: float = 60.0  # completions counted over this window for the rate
+    interval_s: float = 5.0  # how often the host looks
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_replicas <= self.max_replicas:
+            raise ValueError("autoscaling needs 1 <= min_replicas <= max_replicas")
+        if not 0 < self.target_utilization <= 1:
+            raise ValueError("autoscaling.target_utilization must be in (0, 1]")
+        if min(self.target_wait_s, self.rate_window_s, self.interval_s) <= 0:
+            raise ValueError("autoscaling target_wait_s, rate_window_s, interval_s must be > 0")
+        if min(self.upscale_delay_s, self.downscale_delay_s, self.drain_timeout_s) < 0:
+            raise ValueError("autoscaling delays must be >= 0")
+
+
+@dataclass(frozen=True, slots=True)
 class SchedulerConfig:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     # A replica takes new work only while its free KV blocks, after the new prompt's blocks,
@@ -48,6 +82,7 @@ class SchedulerConfig:
     rank_quality_window: int = 1000
     routing: str = "global"  # see cluster.routing
     routing_seed: int = 0  # power_of_two's random choices
+    autoscaling: AutoscalingConfig = field(default_factory=AutoscalingConfig)
 
     def __post_init__(self) -> None:
         ROUTINGS.check(self.routing)

@@ -66,6 +66,7 @@ class Scheduler:
         self._slices = 0
         self._rounds_before = 0  # rounds counted by queues replaced in `reconfigure`
         self._rejected: list[Request] = []
+        self._draining: set[str] = set()  # replicas that take no new request (to be removed)
         self.config = config
         self.queue = make_queue(config.policy)
         self.routing = make_routing(config)
@@ -100,6 +101,7 @@ class Scheduler:
         """A replica is gone: its requests return to the queue with the tokens they have, and
         will continue elsewhere."""
         view = self._replicas.pop(replica_id)
+        self._draining.discard(replica_id)
         returned = []
         for request_id in sorted(view.assigned):
             request = self._requests[request_id]
@@ -110,6 +112,31 @@ class Scheduler:
     @property
     def replica_ids(self) -> list[str]:
         return list(self._replicas)
+
+    def drain(self, replica_id: str) -> None:
+        """Send the replica no new request; what runs there finishes (see `is_idle`)."""
+        if replica_id not in self._replicas:
+            raise ValueError(f"unknown replica {replica_id}")
+        self._draining.add(replica_id)
+
+    def undrain(self, replica_id: str) -> None:
+        self._draining.discard(replica_id)
+
+    @property
+    def draining(self) -> list[str]:
+        return [r for r in self._replicas if r in self._draining]
+
+    def is_idle(self, replica_id: str) -> bool:
+        return not self._replicas[replica_id].assigned
+
+    def occupancy(self) -> float:
+        """The serving (not draining) replicas' use, in replicas: each counts its share in use,
+        the larger of its slots and its KV cache."""
+        return sum(
+            max(len(v.assigned) / v.max_num_seqs, v.kv_load)
+            for v in self._replicas.values()
+            if v.replica_id not in self._draining
+        )
 
     # ---- requests -------------------------------------------------------------------------
 
@@ -152,7 +179,7 @@ class Scheduler:
         says, until it finds no room for the next one. Strict order: a request that fits
         nowhere now stops the round rather than being overtaken; one that could never fit on
         any replica fails (see `take_rejected`) instead of stalling all."""
-        replicas = list(self._replicas.values())
+        replicas = [v for v in self._replicas.values() if v.replica_id not in self._draining]
         if not self.queue or not replicas or not self.routing.has_room(replicas):
             return []
         now = self.clock.now()
