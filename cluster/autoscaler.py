@@ -2,18 +2,21 @@
 shared by the simulator and the live scheduler actor (each starts, drains and removes replicas
 its own way, see `plan_change`).
 
-Up: the wait a request arriving now is estimated to see, the queued requests over the rate at
-which the fleet finishes requests, above `target_wait_s` asks for as many replicas as would
-bring it to the target at the rate each replica finishes requests now. Down: with nothing
-queued, the fleet's use (in replicas, `Scheduler.occupancy`) asks for as many replicas as would
-each be `target_utilization` busy. Each wish must last: a change is made when every wish of the
-last `upscale_delay_s` (`downscale_delay_s`) wanted at least (at most) that many; replicas that
-were started and have not arrived count as there, so a slow start does not start more."""
+Each look makes a wish, the larger of two counts: the replicas that would each hold
+`target_ongoing_requests` of the requests dispatched or running now (a replica's tokens come
+slower the more it holds), and, when the wait a request arriving now is estimated to see in the
+global queue (queued requests over the rate at which the fleet finishes requests) is above
+`target_wait_s`, the replicas that would bring it to the target at the rate each finishes
+requests now. While requests queue the wish is never below the fleet it has. Each wish must
+last: a change is made when every wish of the last `upscale_delay_s` (`downscale_delay_s`)
+wanted at least (at most) that many; replicas started that have not arrived count as there,
+so a slow start does not start more."""
 
 from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from cluster.config import AutoscalingConfig
@@ -28,7 +31,7 @@ class FleetLoad:
     finished: int  # requests finished so far (the rate comes from its differences)
     serving: int  # replicas up and taking requests (not draining)
     starting: int  # replicas started that are not up yet
-    occupancy: float  # the serving replicas' use, in replicas
+    ongoing: int  # requests dispatched to or running on the serving replicas
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,17 +69,16 @@ class Autoscaler:
             self.estimated_wait_s = load.queued / rate if rate > 0 else math.inf
         else:
             self.estimated_wait_s = 0.0
-        have = load.serving + load.starting
+        wanted = math.ceil(load.ongoing / cfg.target_ongoing_requests)
+        if load.queued:
+            wanted = max(wanted, load.serving + load.starting)
         if self.estimated_wait_s > cfg.target_wait_s:
             if rate > 0 and load.serving:
-                needed = math.ceil(load.queued / (rate / load.serving * cfg.target_wait_s))
-                wanted = max(needed, load.serving + 1)
+                per_replica = rate / load.serving
+                needed = math.ceil(load.queued / (per_replica * cfg.target_wait_s))
+                wanted = max(wanted, needed, load.serving + 1)
             else:
                 wanted = cfg.max_replicas
-        elif load.queued:
-            wanted = have
-        else:
-            wanted = min(have, math.ceil(load.occupancy / cfg.target_utilization))
         return min(max(wanted, cfg.min_replicas), cfg.max_replicas)
 
     def observe(self, load: FleetLoad) -> int | None:
@@ -102,7 +104,9 @@ class Autoscaler:
             self._since = load.now
         return new
 
-    def _lasting(self, now: float, delay: float, pick: type[min] | type[max]) -> int | None:
+    def _lasting(
+        self, now: float, delay: float, pick: Callable[[Iterable[int]], int]
+    ) -> int | None:
         """The count every wish of the last `delay` seconds agrees on (the least of them going
         up, the most going down); None until wishes span that long."""
         if self._since is None or now - self._since < delay:

@@ -43,9 +43,9 @@ class AutoscalingConfig:
     # Replicas are added while a request arriving now would wait longer than this in the
     # global queue (queued requests / the rate the fleet finishes requests).
     target_wait_s: float = 10.0
-    # With no queue, replicas are removed down to the number that would each be this busy
-    # (a replica's share in use: the larger of its slots and its KV cache).
-    target_utilization: float = 0.6
+    # And as many replicas as hold this many requests each (dispatched or running): a
+    # replica's tokens come slower the more it holds (its prompts' prefill shares its steps).
+    target_ongoing_requests: float = 16.0
     # A change is made only once the need for it has lasted this long: up quickly, down slowly.
     upscale_delay_s: float = 30.0
     downscale_delay_s: float = 300.0
@@ -58,10 +58,17 @@ class AutoscalingConfig:
     def __post_init__(self) -> None:
         if not 1 <= self.min_replicas <= self.max_replicas:
             raise ValueError("autoscaling needs 1 <= min_replicas <= max_replicas")
-        if not 0 < self.target_utilization <= 1:
-            raise ValueError("autoscaling.target_utilization must be in (0, 1]")
-        if min(self.target_wait_s, self.rate_window_s, self.interval_s) <= 0:
-            raise ValueError("autoscaling target_wait_s, rate_window_s, interval_s must be > 0")
+        positive = (
+            self.target_wait_s,
+            self.target_ongoing_requests,
+            self.rate_window_s,
+            self.interval_s,
+        )
+        if min(positive) <= 0:
+            raise ValueError(
+                "autoscaling target_wait_s, target_ongoing_requests, rate_window_s and "
+                "interval_s must be > 0"
+            )
         if min(self.upscale_delay_s, self.downscale_delay_s, self.drain_timeout_s) < 0:
             raise ValueError("autoscaling delays must be >= 0")
 

@@ -129,13 +129,10 @@ class Scheduler:
     def is_idle(self, replica_id: str) -> bool:
         return not self._replicas[replica_id].assigned
 
-    def occupancy(self) -> float:
-        """The serving (not draining) replicas' use, in replicas: each counts its share in use,
-        the larger of its slots and its KV cache."""
+    def ongoing(self) -> int:
+        """Requests dispatched to or running on the serving (not draining) replicas."""
         return sum(
-            max(len(v.assigned) / v.max_num_seqs, v.kv_load)
-            for v in self._replicas.values()
-            if v.replica_id not in self._draining
+            len(v.assigned) for v in self._replicas.values() if v.replica_id not in self._draining
         )
 
     # ---- requests -------------------------------------------------------------------------

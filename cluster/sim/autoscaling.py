@@ -82,7 +82,7 @@ class SimAutoscaling:
             finished,
             len(serving),
             len(self._arriving),
-            scheduler.occupancy(),
+            scheduler.ongoing(),
         )
         target = self.autoscaler.observe(load)
         if target is None:
