@@ -45,7 +45,7 @@ class AutoscalingConfig:
     target_wait_s: float = 10.0
     # And as many replicas as hold this many requests each (dispatched or running): a
     # replica's tokens come slower the more it holds (its prompts' prefill shares its steps).
-    target_ongoing_requests: float = 16.0
+    target_ongoing_requests: float = 8.0
     # A change is made only once the need for it has lasted this long: up quickly, down slowly.
     upscale_delay_s: float = 30.0
     downscale_delay_s: float = 300.0
