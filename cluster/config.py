@@ -72,6 +72,44 @@ class AdmissionConfig:
                 raise ValueError(f"admission.tenant_shares: {entry!r} is not tenant=weight > 0")
             weights[tenant] = value
         return weights
+class AutoscalingConfig:
+    """Engine replicas that follow the global queue (cluster.autoscaler). Off: the fleet keeps
+    the configured count."""
+
+    enabled: bool = False
+    min_replicas: int = 1
+    max_replicas: int = 8
+    # Replicas are added while a request arriving now would wait longer than this in the
+    # global queue (queued requests / the rate the fleet finishes requests).
+    target_wait_s: float = 10.0
+    # And as many replicas as hold this many requests each (dispatched or running): a
+    # replica's tokens come slower the more it holds (its prompts' prefill shares its steps).
+    target_ongoing_requests: float = 8.0
+    # A change is made only once the need for it has lasted this long: up quickly, down slowly.
+    upscale_delay_s: float = 30.0
+    downscale_delay_s: float = 300.0
+    # A removed replica first drains (takes no new request); what still runs on it after this
+    # goes back to the queue and continues elsewhere with its prefix.
+    drain_timeout_s: float = 60.0
+    rate_window_s: float = 60.0  # completions counted over this window for the rate
+    interval_s: float = 5.0  # how often the host looks
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_replicas <= self.max_replicas:
+            raise ValueError("autoscaling needs 1 <= min_replicas <= max_replicas")
+        positive = (
+            self.target_wait_s,
+            self.target_ongoing_requests,
+            self.rate_window_s,
+            self.interval_s,
+        )
+        if min(positive) <= 0:
+            raise ValueError(
+                "autoscaling target_wait_s, target_ongoing_requests, rate_window_s and "
+                "interval_s must be > 0"
+            )
+        if min(self.upscale_delay_s, self.downscale_delay_s, self.drain_timeout_s) < 0:
+            raise ValueError("autoscaling delays must be >= 0")
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +129,7 @@ class SchedulerConfig:
     rank_quality_window: int = 1000
     routing: str = "global"  # see cluster.routing
     routing_seed: int = 0  # power_of_two's random choices
+    autoscaling: AutoscalingConfig = field(default_factory=AutoscalingConfig)
 
     def __post_init__(self) -> None:
         ROUTINGS.check(self.routing)

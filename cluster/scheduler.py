@@ -72,6 +72,7 @@ class Scheduler:
         self._rounds_before = 0  # rounds counted by queues replaced in `reconfigure`
         self._rejected: list[Request] = []
         self._shed: Counter[ShedReason] = Counter()
+        self._draining: set[str] = set()  # replicas that take no new request (to be removed)
         self.config = config
         self.queue = make_queue(config.policy)
         self.routing = make_routing(config)
@@ -115,6 +116,7 @@ class Scheduler:
         """A replica is gone: its requests return to the queue with the tokens they have, and
         will continue elsewhere."""
         view = self._replicas.pop(replica_id)
+        self._draining.discard(replica_id)
         returned = []
         for request_id in sorted(view.assigned):
             request = self._requests[request_id]
@@ -125,6 +127,28 @@ class Scheduler:
     @property
     def replica_ids(self) -> list[str]:
         return list(self._replicas)
+
+    def drain(self, replica_id: str) -> None:
+        """Send the replica no new request; what runs there finishes (see `is_idle`)."""
+        if replica_id not in self._replicas:
+            raise ValueError(f"unknown replica {replica_id}")
+        self._draining.add(replica_id)
+
+    def undrain(self, replica_id: str) -> None:
+        self._draining.discard(replica_id)
+
+    @property
+    def draining(self) -> list[str]:
+        return [r for r in self._replicas if r in self._draining]
+
+    def is_idle(self, replica_id: str) -> bool:
+        return not self._replicas[replica_id].assigned
+
+    def ongoing(self) -> int:
+        """Requests dispatched to or running on the serving (not draining) replicas."""
+        return sum(
+            len(v.assigned) for v in self._replicas.values() if v.replica_id not in self._draining
+        )
 
     # ---- requests -------------------------------------------------------------------------
 
@@ -193,7 +217,7 @@ class Scheduler:
             queued = [r for r in self._requests.values() if r.state is RequestState.QUEUED]
             for request in self.admission.expired(queued, now):
                 self._refuse(request, self.admission.timeout_refusal(request, now))
-        replicas = list(self._replicas.values())
+        replicas = [v for v in self._replicas.values() if v.replica_id not in self._draining]
         if not self.queue or not replicas or not self.routing.has_room(replicas):
             return []
         self.queue.begin_round(now)

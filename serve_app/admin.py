@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import sys
 from dataclasses import asdict
 
@@ -34,7 +36,17 @@ def main(argv: list[str] | None = None) -> int:
     from cluster.config import PolicyConfig
     from cluster.runtime.names import NAMESPACE, SCHEDULER_ACTOR
 
-    ray.init(address=args.address, namespace=NAMESPACE, log_to_driver=False)
+    # Quiet (its output is the answer, often piped to jq) and on loopback when the cluster is
+    # this machine's own (rankserve serve starts it on 127.0.0.1).
+    local = args.address == "auto" and not os.environ.get("RAY_ADDRESS")
+    ray.init(
+        address=args.address,
+        namespace=NAMESPACE,
+        log_to_driver=False,
+        logging_level=logging.ERROR,
+        configure_logging=True,
+        **({"_node_ip_address": "127.0.0.1"} if local else {}),
+    )
     try:
         scheduler = ray.get_actor(SCHEDULER_ACTOR, namespace=NAMESPACE)
     except ValueError:

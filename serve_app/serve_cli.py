@@ -94,6 +94,13 @@ def one_core_each(replicas: int) -> list[str]:
     return [str(cores[i % len(cores)]) for i in range(replicas)]
 
 
+def python_command() -> str:
+    """The interpreter this runs in, as the user can type it here (`.venv/bin/python` from the
+    repository root): a bare `python` may be another one, without rankserve."""
+    exe = os.path.relpath(sys.executable)
+    return exe if not exe.startswith("..") else sys.executable
+
+
 def example(host: str, http_port: int, grpc_port: int, model_name: str) -> str:
     return f"""
 rankserve is up.
@@ -103,7 +110,7 @@ rankserve is up.
 Try:
   curl http://{host}:{http_port}/v1/completions -H 'Content-Type: application/json' \\
     -d '{{"model": "{model_name}", "prompt": "def fib(n):", "max_tokens": 32}}'
-  python -m serve_app.grpc_client --target {host}:{grpc_port} --prompt 'def fib(n):'
+  {python_command()} -m serve_app.grpc_client --target {host}:{grpc_port} --prompt 'def fib(n):'
 
 Ctrl-C stops it.
 """

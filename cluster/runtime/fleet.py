@@ -197,6 +197,11 @@ class ReplicaFleet:
         await self.start()
         return list(self.specs)
 
+    def retire(self, replica_id: str) -> None:
+        """Remove one replica for good (autoscaling's scale-down, after its drain)."""
+        self.specs.pop(replica_id, None)
+        self.drop(replica_id, "scaled down")
+
     async def reconcile(self, wanted: list[ReplicaSpec]) -> list[ReplicaInfo]:
         """Bring the fleet to a (re)deployment's specs: changed replicas are replaced (their
         requests continue on the others meanwhile), missing ones started."""

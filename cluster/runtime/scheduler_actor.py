@@ -27,6 +27,7 @@ from cluster.admission import Refusal
 from cluster.clock import WallClock
 from cluster.config import AdmissionConfig, PolicyConfig, SchedulerConfig
 from cluster.request import Request
+from cluster.runtime.autoscaling import FleetAutoscaling
 from cluster.runtime.fleet import ReplicaFleet
 from cluster.runtime.leases import IngressLeases
 from cluster.runtime.names import NAMESPACE, SCHEDULER_ACTOR
@@ -94,6 +95,9 @@ class SchedulerActor:
         finally:
             self._lease_task = asyncio.create_task(self._lease_loop())
             self._booted.set()
+        if self.config.autoscaling.enabled:
+            scaling = FleetAutoscaling(self.config.autoscaling, self._core, self.fleet)
+            self._autoscaling_task = asyncio.create_task(scaling.run())
 
     # ---- replicas -------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from cluster.config import EngineConfig, SchedulerConfig
 from cluster.metrics import RequestTiming, ServingMetrics, summarize, timing_of
 from cluster.request import Request, RequestState
 from cluster.scheduler import Scheduler
+from cluster.sim.autoscaling import SimAutoscaling
 from cluster.sim.engine import SimulatedEngine, StepResult
 from cluster.sim.step_time import StepTimeModel, StepTimeProfile
 from cluster.workload.workload import WorkloadItem
@@ -40,10 +41,15 @@ class SimulationConfig:
     until_completions: int | None = None
     time_limit_s: float | None = None
     progress: bool = False
+    # With scheduler.autoscaling on: how long a replica takes from its start to taking requests
+    # (a node and its GPU found, the engine loaded).
+    replica_startup_s: float = 60.0
 
     def __post_init__(self) -> None:
         if self.replicas < 1:
             raise ValueError("replicas must be >= 1")
+        if self.scheduler.autoscaling.enabled and self.replica_profiles:
+            raise ValueError("autoscaling starts replicas of one profile; give one profile")
         if self.replica_profiles and len(self.replica_profiles) != self.replicas:
             raise ValueError(
                 f"{len(self.replica_profiles)} replica profiles for {self.replicas} replicas"
@@ -138,19 +144,32 @@ def simulate(
     wall_start = time.perf_counter()
     clock = VirtualClock()
     scheduler = Scheduler(config.scheduler, clock)
-    engines = []
-    for i, profile in enumerate(config.replica_profiles or (config.profile,) * config.replicas):
+    by_id: dict[str, SimulatedEngine] = {}
+
+    def new_engine(replica_id: str, profile: StepTimeProfile = config.profile) -> SimulatedEngine:
         engine_config = resolve_engine(config.engine, profile)
         blocks = engine_config.num_kv_blocks
-        engine = engine_factory(f"r{i}", engine_config, StepTimeModel(profile), blocks)
-        engines.append(engine)
+        return engine_factory(replica_id, engine_config, StepTimeModel(profile), blocks)
+
+    for i, profile in enumerate(config.replica_profiles or (config.profile,) * config.replicas):
+        engine = new_engine(f"r{i}", profile)
+        by_id[engine.replica_id] = engine
         scheduler.add_replica(
-            engine.replica_id, engine_config.max_num_seqs, blocks, engine_config.block_size
+            engine.replica_id,
+            engine.config.max_num_seqs,
+            engine.kv.num_blocks,
+            engine.config.block_size,
         )
-    by_id = {e.replica_id: e for e in engines}
+    scaling = None
+    if config.scheduler.autoscaling.enabled:
+        startup = config.replica_startup_s
+        scaling = SimAutoscaling(
+            config.scheduler.autoscaling, startup, scheduler, by_id, new_engine
+        )
+    retired: list[SimulatedEngine] = []  # removed by autoscaling, counted in the totals
 
     arrivals = sorted((to_request(item) for item in items), key=lambda r: r.arrival_time)
-    busy: dict[str, bool] = {e.replica_id: False for e in engines}
+    busy: set[str] = set()
     steps: list[tuple[float, int, str, StepResult]] = []
     step_seq = 0
     finished = 0
@@ -171,6 +190,8 @@ def simulate(
         t = min(
             arrivals[ai].arrival_time if ai < n else math.inf, steps[0][0] if steps else math.inf
         )
+        if scaling is not None and (t < math.inf or len(scheduler.queue)):
+            t = min(t, scaling.next_event())  # the fleet changes only while work remains
         if t == math.inf:
             break
         if config.time_limit_s is not None and t > config.time_limit_s:
@@ -184,7 +205,9 @@ def simulate(
             ai += 1
         while steps and steps[0][0] <= t:
             _, _, replica_id, result = heapq.heappop(steps)
-            busy[replica_id] = False
+            busy.discard(replica_id)
+            if replica_id not in by_id:
+                continue  # removed mid-step: its requests moved on with the tokens reported
             ended = scheduler.apply(by_id[replica_id].events(result))
             done = sum(r.state is RequestState.FINISHED for r in ended)
             if done:
@@ -194,19 +217,21 @@ def simulate(
             time_to_k = t
             stopped_by = "until_completions"
             break
+        if scaling is not None:
+            retired += scaling.advance(t, finished)
         for d in scheduler.schedule():
             try:
                 by_id[d.replica_id].add(d)
             except ValueError as err:  # longer than the engine's max_model_len: fails alone
                 scheduler.fail(d.request.request_id, str(err))
         scheduler.take_rejected()  # already FAILED; the simulator only counts them
-        for engine in engines:
-            if busy[engine.replica_id] or not engine.has_work():
+        for engine in by_id.values():
+            if engine.replica_id in busy or not engine.has_work():
                 continue
             result = engine.step()
             if result.batch_size == 0:
                 continue  # nothing fits yet; a later event frees room
-            busy[engine.replica_id] = True
+            busy.add(engine.replica_id)
             step_seq += 1
             heapq.heappush(steps, (t + result.duration, step_seq, engine.replica_id, result))
     bar.close()
@@ -216,6 +241,12 @@ def simulate(
     failed = sum(1 for r in scheduler.requests() if r.state is RequestState.FAILED)
     unfinished = n - len(done_requests) - failed - refused
     end = clock.now() if stopped_by == "time_limit" else None
+    engines = [*by_id.values(), *retired]
+    if scaling is not None:
+        scaling.advance(clock.now(), finished)  # count the replica-seconds to the end
+        extra = {"replica_seconds": scaling.replica_seconds, "replica_timeline": scaling.timeline}
+    else:
+        extra = {"replica_seconds": len(engines) * clock.now()}
     # From the workload's first arrival: when a run stops early, the earliest request that
     # finished may have arrived later, and throughput would be taken over a shorter window.
     start = arrivals[0].arrival_time if arrivals else None
@@ -233,4 +264,5 @@ def simulate(
         shed=scheduler.stats().shed,
         time_to_k_s=time_to_k,
         stopped_by=stopped_by,
+        extra=extra,
     )
