@@ -72,6 +72,9 @@ class AdmissionConfig:
                 raise ValueError(f"admission.tenant_shares: {entry!r} is not tenant=weight > 0")
             weights[tenant] = value
         return weights
+
+
+@dataclass(frozen=True, slots=True)
 class AutoscalingConfig:
     """Engine replicas that follow the global queue (cluster.autoscaler). Off: the fleet keeps
     the configured count."""

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from cluster.admission import AdmissionControl, Refusal, ShedReason
 from cluster.clock import Clock
 from cluster.config import AdmissionConfig, SchedulerConfig
+from cluster.dispatch import Dispatch, engine_priority
 from cluster.events import EngineEvents, FinishReason
 from cluster.policies import make_queue
 from cluster.rank_quality import RankQualityMonitor
@@ -22,21 +23,6 @@ from cluster.replicas import ReplicaView
 from cluster.request import Request, RequestState
 from cluster.routing import make_routing
 from cluster.service_rate import ServiceRate
-
-_INT64_MAX = 2**62
-
-
-@dataclass(frozen=True, slots=True)
-class Dispatch:
-    """A decision: run `request` on `replica_id` for at most `max_new_tokens` tokens. `final`:
-    the budget reaches the request's own end, so the engine's length limit is the request's
-    (else the dispatch is a slice and the request comes back to the queue)."""
-
-    request: Request
-    replica_id: str
-    priority: int  # vLLM's priority (lower first): the global order, carried into the engine
-    max_new_tokens: int
-    final: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,11 +35,6 @@ class SchedulerStats:
     rounds: int
     slices: int
     shed: dict[str, int]  # refused or dropped from the queue, by ShedReason value
-
-
-def engine_priority(value: float) -> int:
-    """vLLM takes an integer priority; keep three decimals of the policy's key."""
-    return max(-_INT64_MAX, min(_INT64_MAX, round(value * 1000)))
 
 
 class UnknownRequest(KeyError):

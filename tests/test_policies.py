@@ -7,11 +7,12 @@ import pytest
 
 from cluster.clock import VirtualClock
 from cluster.config import PolicyConfig, SchedulerConfig
+from cluster.dispatch import engine_priority
 from cluster.events import FinishReason
 from cluster.policies import make_queue
 from cluster.policies.base import PROMOTED_PRIORITY
 from cluster.request import Request, RequestState
-from cluster.scheduler import Scheduler, engine_priority
+from cluster.scheduler import Scheduler
 from tests.support import run_through
 
 # Binary-exact times: predicted service = tokens x 0.25 s + 0.5 s.

@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 
 from cluster.config import SchedulerConfig
+from cluster.dispatch import engine_priority
 from cluster.events import FinishReason
 from cluster.request import InvalidTransition, Request, RequestState
-from cluster.scheduler import UnknownRequest, engine_priority
+from cluster.scheduler import UnknownRequest
 from tests.sim_audit import Ledger, drive, make_engine, register
 from tests.support import events, make_request, report_load, run_through
 from tests.support import make_scheduler as scheduler

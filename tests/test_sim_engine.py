@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 
 from cluster.config import EngineConfig
+from cluster.dispatch import Dispatch
 from cluster.events import FinishReason
 from cluster.request import Request
-from cluster.scheduler import Dispatch
 from cluster.sim.engine import SimulatedEngine
 from cluster.sim.kv_cache import KVBlockPool
 from tests.sim_audit import STEP_TIME, AuditedEngine, Ledger, make_engine

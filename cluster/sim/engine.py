@@ -14,10 +14,10 @@ import heapq
 from dataclasses import dataclass, field
 
 from cluster.config import EngineConfig
+from cluster.dispatch import Dispatch
 from cluster.events import EngineEvents, FinishReason
 from cluster.replicas import ReplicaLoad
 from cluster.request import Request
-from cluster.scheduler import Dispatch
 from cluster.sim.kv_cache import KVBlockPool
 from cluster.sim.step_time import StepTimeModel
 

@@ -5,7 +5,6 @@ driven over HTTP and gRPC like a client would."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import time
 from pathlib import Path
@@ -19,9 +18,8 @@ pytest.importorskip("vllm")
 httpx = pytest.importorskip("httpx")
 grpc = pytest.importorskip("grpc")
 
-from cluster.config import AdmissionConfig, PolicyConfig  # noqa: E402
+from cluster.config import PolicyConfig  # noqa: E402
 from serve_app import launcher  # noqa: E402
-from serve_app.config import ServeConfig  # noqa: E402
 from serve_app.proto import rankserve_pb2 as pb  # noqa: E402
 from serve_app.proto import rankserve_pb2_grpc as pb_grpc  # noqa: E402
 from serve_app.serve_cli import one_core_each  # noqa: E402
@@ -346,62 +344,6 @@ def test_disconnect_mid_stream_frees_the_slot(http):
         status = _status(http)
     r = http.post("/v1/completions", json={"model": MODEL, "prompt": "again", "max_tokens": 4})
     assert r.status_code == 200
-
-
-def _set_admission(**bounds) -> None:
-    ray.get(launcher.scheduler().set_admission.remote(AdmissionConfig(**bounds)))
-
-
-def test_a_full_queue_answers_429_and_a_queue_deadline_408(server, http, stub):
-    """Every slot busy and the queue at its bound (1): a new request is refused at once over
-    HTTP (unary and streaming: a status, not 200 and an error event) and gRPC, each saying
-    when to come back; then a queue deadline drops the request still waiting, with 408."""
-    _wait_idle(http)
-    _set_admission(max_queued=1)
-
-    async def overload():
-        async with httpx.AsyncClient(base_url=server[0].http, timeout=120) as client:
-            blocker = {"model": MODEL, "prompt": "b", "max_tokens": 500, "ignore_eos": True}
-            blockers = [
-                asyncio.create_task(client.post("/v1/completions", json=blocker)) for _ in range(4)
-            ]
-            while (await client.get("/status")).json()["running"] < 4:
-                await asyncio.sleep(0.05)
-            waiting = asyncio.create_task(
-                client.post("/v1/completions", json={"model": MODEL, "prompt": "w"})
-            )
-            while (await client.get("/status")).json()["queued"] < 1:
-                await asyncio.sleep(0.05)
-            body = {"model": MODEL, "prompt": "one too many", "max_tokens": 4}
-            unary = await client.post("/v1/completions", json=body)
-            streamed = await client.post("/v1/completions", json={**body, "stream": True})
-            with pytest.raises(grpc.RpcError) as refused:
-                await asyncio.to_thread(
-                    stub.Generate, pb.GenerateRequest(model=MODEL, prompt="x"), metadata=META
-                )
-            _set_admission(queue_timeout_s=0.5)  # the waiting request is past it: dropped
-            timed_out = await waiting
-            for task in blockers:  # their clients leave: aborted, the slots freed
-                task.cancel()
-            await asyncio.gather(*blockers, return_exceptions=True)
-            return unary, streamed, refused.value, timed_out
-
-    try:
-        unary, streamed, refused, timed_out = asyncio.run(overload())
-    finally:
-        _set_admission(**dataclasses.asdict(ServeConfig(model="m").scheduler.admission))
-    for r in (unary, streamed):
-        assert r.status_code == 429, r.text
-        assert int(r.headers["retry-after"]) >= 1
-        error = r.json()["error"]
-        assert error["type"] == "rate_limit_error" and error["code"] == "queue_full"
-        assert "max_queued=1" in error["message"]
-    assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert dict(refused.trailing_metadata())["retry-after"].isdigit()
-    assert timed_out.status_code == 408, timed_out.text
-    assert timed_out.json()["error"]["code"] == "queue_timeout"
-    shed = _status(http)["shed"]
-    assert shed["queue_full"] >= 3 and shed["queue_timeout"] >= 1
 
 
 def test_request_log_has_finished_requests(server, http):

@@ -8,11 +8,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 
+from cluster.dispatch import Dispatch
 from cluster.events import FinishReason
 from cluster.request import Request
 from cluster.runtime.protocol import GenerateCall, ReplicaInfo, TokenChunk
 from cluster.runtime.spec import ReplicaSpec
-from cluster.scheduler import Dispatch
 from cluster.sim.engine import SimulatedEngine
 from cluster.sim.simulator import resolve_engine
 from cluster.sim.step_time import StepTimeModel, load_profile
