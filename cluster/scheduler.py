@@ -13,11 +13,13 @@ from dataclasses import dataclass
 from cluster.clock import Clock
 from cluster.config import SchedulerConfig
 from cluster.events import EngineEvents, FinishReason
+from cluster.latency_model import LatencyModel
 from cluster.policies import make_queue
 from cluster.rank_quality import RankQualityMonitor
 from cluster.replicas import ReplicaView
 from cluster.request import Request, RequestState
 from cluster.routing import make_routing
+from cluster.slo_attainment import SLOAttainment
 
 _INT64_MAX = 2**62
 
@@ -56,8 +58,13 @@ class UnknownRequest(KeyError):
 
 
 class Scheduler:
-    def __init__(self, config: SchedulerConfig, clock: Clock) -> None:
+    def __init__(
+        self, config: SchedulerConfig, clock: Clock, latency: LatencyModel | None = None
+    ) -> None:
+        """`latency`: the SLO-aware policies' latency model (the simulator gives its engines'
+        profile); None: the profile the policy config names."""
         self.clock = clock
+        self.latency = latency
         self._replicas: dict[str, ReplicaView] = {}
         self._requests: dict[str, Request] = {}
         self._seq = itertools.count()
@@ -67,9 +74,10 @@ class Scheduler:
         self._rounds_before = 0  # rounds counted by queues replaced in `reconfigure`
         self._rejected: list[Request] = []
         self.config = config
-        self.queue = make_queue(config.policy)
+        self.queue = make_queue(config.policy, config.slo, latency)
         self.routing = make_routing(config)
         self.rank_quality = RankQualityMonitor(config.rank_quality_window)
+        self.slo_attainment = SLOAttainment(config.slo)
 
     def reconfigure(self, config: SchedulerConfig) -> None:
         """New scheduling settings (policy, routing, slices...), only while no request is in
@@ -81,8 +89,10 @@ class Scheduler:
         self._rounds_before += self.queue.round
         if config.rank_quality_window != self.config.rank_quality_window:
             self.rank_quality = RankQualityMonitor(config.rank_quality_window)
+        if config.slo != self.config.slo:
+            self.slo_attainment = SLOAttainment(config.slo)
         self.config = config
-        self.queue = make_queue(config.policy)
+        self.queue = make_queue(config.policy, config.slo, self.latency)
         self.routing = make_routing(config)
 
     # ---- replicas -------------------------------------------------------------------------
@@ -153,9 +163,16 @@ class Scheduler:
         nowhere now stops the round rather than being overtaken; one that could never fit on
         any replica fails (see `take_rejected`) instead of stalling all."""
         replicas = list(self._replicas.values())
-        if not self.queue or not replicas or not self.routing.has_room(replicas):
+        if not self.queue or not replicas:
             return []
         now = self.clock.now()
+        if self.queue.wants_plan(now):
+            held = [[self._requests[rid] for rid in sorted(v.assigned)] for v in replicas]
+            self.queue.plan(now, list(zip(replicas, held, strict=True)))
+        for view in replicas:
+            view.slot_limit = self.queue.concurrency_limit(view.replica_id)
+        if not self.routing.has_room(replicas):
+            return []
         self.queue.begin_round(now)
         dispatches: list[Dispatch] = []
         rejected: list[Request] = []
@@ -328,6 +345,7 @@ class Scheduler:
         self._release(request)
         self._finished += 1
         self.rank_quality.record(request)
+        self.slo_attainment.record(request)
 
     def _release(self, request: Request) -> None:
         if request.replica_id is not None and request.replica_id in self._replicas:
