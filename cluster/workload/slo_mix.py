@@ -36,10 +36,7 @@ def mix_prompts(parts: list[MixPart], size: int, seed: int) -> list[PromptRecord
         if not part.records:
             raise ValueError(f"mix part {part.slo!r} has no prompts")
         picks = np.concatenate(
-            [
-                rng.permutation(len(part.records))
-                for _ in range(-(-int(count) // len(part.records)))
-            ]
+            [rng.permutation(len(part.records)) for _ in range(-(-int(count) // len(part.records)))]
         )[:count]
         out += [dataclasses.replace(part.records[i], slo=part.slo) for i in picks]
     return [out[i] for i in rng.permutation(len(out))]
