@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from cluster.rank_quality import RankQuality
 from cluster.runtime.protocol import ReplicaInfo
 from cluster.scheduler import Scheduler
+from cluster.slo_attainment import AttainmentSnapshot
 
 if TYPE_CHECKING:
     from cluster.runtime.fleet import ReplicaFleet
@@ -36,6 +37,7 @@ class ClusterStatus:
     rounds: int
     replicas: list[ReplicaStatus]
     rank_quality: RankQuality
+    slo: AttainmentSnapshot  # SLO attainment and goodput of the requests finished so far
 
     @property
     def ready(self) -> bool:
@@ -73,4 +75,5 @@ def cluster_status(core: Scheduler, fleet: ReplicaFleet) -> ClusterStatus:
         stats.rounds,
         replicas,
         core.rank_quality.summary(),
+        core.slo_attainment.snapshot(),
     )
