@@ -12,6 +12,106 @@ from cluster.routing import ROUTINGS
 
 
 @dataclass(frozen=True, slots=True)
+class SLOClass:
+    """A service-level objective (Huang et al. 2025): an end-to-end bound, or a time-to-first-
+    token bound plus a time-per-output-token bound. `weight`: what meeting it is worth in the
+    `slo` policy's objective (1: every request counts the same)."""
+
+    name: str
+    e2e_s: float | None = None
+    ttft_s: float | None = None
+    tpot_s: float | None = None
+    weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ValueError("an SLO class needs a name")
+        e2e_only = self.ttft_s is None and self.tpot_s is None
+        streaming = self.ttft_s is not None and self.tpot_s is not None
+        if not ((self.e2e_s is not None and e2e_only) or (self.e2e_s is None and streaming)):
+            raise ValueError(f"SLO class {self.name!r}: give either e2e_s, or ttft_s and tpot_s")
+        bounds = (b for b in (self.e2e_s, self.ttft_s, self.tpot_s) if b is not None)
+        if any(b <= 0 for b in bounds) or self.weight <= 0:
+            raise ValueError(f"SLO class {self.name!r}: bounds and weight must be > 0")
+
+    @classmethod
+    def parse(cls, text: str) -> SLOClass:
+        """`NAME:key=value,...`, e.g. `chat:ttft_s=1,tpot_s=0.05` (the CLI's form)."""
+        name, _, rest = text.partition(":")
+        values: dict[str, float] = {}
+        for part in filter(None, (p.strip() for p in rest.split(","))):
+            key, eq, value = part.partition("=")
+            if not eq or key not in ("e2e_s", "ttft_s", "tpot_s", "weight"):
+                raise ValueError(
+                    f"SLO class {text!r}: expected NAME:e2e_s=S or NAME:ttft_s=S,tpot_s=S "
+                    "(and optionally weight=W)"
+                )
+            try:
+                values[key] = float(value)
+            except ValueError:
+                raise ValueError(f"SLO class {text!r}: {key}={value!r} is not a number") from None
+        return cls(name.strip(), **values)
+
+    def first_token_deadline(self, arrival: float) -> float:
+        """When its first token is due: the order that earliest-deadline-first sorts by (an e2e
+        class's whole answer is due then)."""
+        return arrival + (self.e2e_s if self.e2e_s is not None else self.ttft_s)
+
+    def met(self, ttft: float, tpot: float | None, e2e: float) -> bool:
+        if self.e2e_s is not None:
+            return e2e <= self.e2e_s
+        return ttft <= self.ttft_s and (tpot is None or tpot <= self.tpot_s)
+
+
+@dataclass(frozen=True, slots=True)
+class SLOConfig:
+    """The SLO classes requests may name (HTTP header `x-rankserve-slo-class`, body or gRPC
+    field `slo`, prompt-file column `slo`); a request that names none is in `default`."""
+
+    classes: tuple[SLOClass, ...] = (SLOClass("default", e2e_s=60.0),)
+    default: str = "default"
+
+    def __post_init__(self) -> None:
+        names = [c.name for c in self.classes]
+        if len(set(names)) != len(names):
+            raise ValueError(f"SLO class names repeat: {', '.join(names)}")
+        if self.default not in names:
+            raise ValueError(f"default SLO class {self.default!r} is not one of {', '.join(names)}")
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.classes)
+
+    def get(self, name: str | None) -> SLOClass:
+        """The class of a request that names `name` (None: the default); an unknown name is a
+        ValueError that lists the known ones."""
+        wanted = self.default if name is None else name
+        for c in self.classes:
+            if c.name == wanted:
+                return c
+        raise ValueError(f"unknown SLO class {name!r}; known: {', '.join(self.names)}")
+
+
+@dataclass(frozen=True, slots=True)
+class SLOSearchConfig:
+    """The `slo` policy's simulated-annealing search (docs/scheduling.md): its budget per plan,
+    and the latency model's step-time profile when its host gives it none."""
+
+    iterations: int = 300  # proposals per plan
+    max_wall_ms: float | None = 4.0  # None: iterations only (deterministic for a seed)
+    horizon: int = 64  # queue positions whose order is searched; the rest keep theirs
+    seed: int = 0
+    min_concurrency: int = 8  # lowest per-replica concurrency limit the search may set
+    profile: str = "a100-llama3-8b"
+
+    def __post_init__(self) -> None:
+        if self.iterations < 0 or self.horizon < 2 or self.min_concurrency < 1:
+            raise ValueError("slo search: iterations >= 0, horizon >= 2, min_concurrency >= 1")
+        if self.max_wall_ms is not None and self.max_wall_ms <= 0:
+            raise ValueError("slo search: max_wall_ms must be > 0 (or none)")
+
+
+@dataclass(frozen=True, slots=True)
 class PolicyConfig:
     name: str = "ltr"
     # LTR starvation prevention (Fu et al. 2024): a request left waiting this many scheduling
@@ -25,6 +125,7 @@ class PolicyConfig:
     ssjf_wait_factor: float = 10.0
     per_token_time_s: float = 0.02
     base_time_s: float = 0.05
+    slo_search: SLOSearchConfig = field(default_factory=SLOSearchConfig)
 
     def __post_init__(self) -> None:
         POLICIES.check(self.name)
@@ -133,6 +234,7 @@ class SchedulerConfig:
     routing: str = "global"  # see cluster.routing
     routing_seed: int = 0  # power_of_two's random choices
     autoscaling: AutoscalingConfig = field(default_factory=AutoscalingConfig)
+    slo: SLOConfig = field(default_factory=SLOConfig)
 
     def __post_init__(self) -> None:
         ROUTINGS.check(self.routing)

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from cluster.config import SLOConfig
 from cluster.request import Request, RequestState
 
 
@@ -21,6 +22,7 @@ class RequestTiming:
     output_tokens: int
     max_token_gap: float = 0.0
     preemptions: int = 0
+    slo: str | None = None  # the request's SLO class (None: the default class)
 
     @property
     def e2e(self) -> float:
@@ -56,7 +58,19 @@ def timing_of(request: Request) -> RequestTiming:
         output_tokens=request.generated,
         max_token_gap=request.max_token_gap,
         preemptions=request.num_preemptions,
+        slo=request.slo,
     )
+
+
+def meets_slo(timing: RequestTiming, slos: SLOConfig) -> bool:
+    return slos.get(timing.slo).met(timing.ttft, timing.tpot, timing.e2e)
+
+
+@dataclass(frozen=True, slots=True)
+class ClassAttainment:
+    requests: int  # completed requests of the class
+    met: int
+    attainment: float  # met / requests (NaN with none)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +104,11 @@ class ServingMetrics:
     tpot_s: Distribution
     max_wait_s: Distribution
     preemptions: int
+    # Huang et al.'s measure: the share of requests that met their class's SLO, over the
+    # completed and failed ones (a failure meets nothing); goodput: those met per second.
+    slo_attainment: float
+    goodput_rps: float
+    slo_classes: dict[str, ClassAttainment]
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -100,12 +119,21 @@ def summarize(
     failed: int = 0,
     start: float | None = None,
     end: float | None = None,
+    slos: SLOConfig | None = None,
 ) -> ServingMetrics:
     if timings:
         start = min(t.arrival for t in timings) if start is None else start
         end = max(t.finish for t in timings) if end is None else end
     duration = max(0.0, (end or 0.0) - (start or 0.0))
     tokens = sum(t.output_tokens for t in timings)
+    slos = slos if slos is not None else SLOConfig()
+    met = [meets_slo(t, slos) for t in timings]
+    classes = {}
+    for name in slos.names:
+        mine = [m for t, m in zip(timings, met, strict=True) if slos.get(t.slo).name == name]
+        if mine:
+            classes[name] = ClassAttainment(len(mine), sum(mine), sum(mine) / len(mine))
+    judged = len(timings) + failed
     return ServingMetrics(
         completions=len(timings),
         failed=failed,
@@ -118,4 +146,19 @@ def summarize(
         tpot_s=Distribution.of(x for t in timings if (x := t.tpot) is not None),
         max_wait_s=Distribution.of(t.max_wait for t in timings),
         preemptions=sum(t.preemptions for t in timings),
+        slo_attainment=sum(met) / judged if judged else float("nan"),
+        goodput_rps=sum(met) / duration if duration > 0 else 0.0,
+        slo_classes=classes,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerStats:
+    queued: int
+    dispatched: int
+    running: int
+    finished: int
+    failed: int
+    rounds: int
+    slices: int
+    shed: dict[str, int]  # refused or dropped from the queue, by ShedReason value

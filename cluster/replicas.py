@@ -32,6 +32,9 @@ class ReplicaView:
     assigned: set[str] = field(default_factory=set)  # request ids dispatched or running here
     pending_blocks: dict[str, int] = field(default_factory=dict)  # dispatched, not yet running
     pending_total: int = 0
+    # Most requests the policy lets it hold at once (the `slo` policy's concurrency limit);
+    # None: max_num_seqs.
+    slot_limit: int | None = None
 
     @property
     def free_blocks(self) -> int:
@@ -58,6 +61,8 @@ class ReplicaView:
         return ceil_div(tokens, self.block_size)
 
     def has_slot(self, max_engine_waiting: int) -> bool:
+        if self.slot_limit is not None and len(self.assigned) >= self.slot_limit:
+            return False
         return len(self.assigned) < self.max_num_seqs + max_engine_waiting
 
     def can_ever_hold(self, tokens: int, headroom_fraction: float) -> bool:

@@ -10,31 +10,21 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from collections import Counter
-from dataclasses import dataclass
 
 from cluster.admission import AdmissionControl, Refusal, ShedReason
 from cluster.clock import Clock
 from cluster.config import AdmissionConfig, SchedulerConfig
 from cluster.dispatch import Dispatch, engine_priority
 from cluster.events import EngineEvents, FinishReason
+from cluster.latency_model import LatencyModel
+from cluster.metrics import SchedulerStats
 from cluster.policies import make_queue
 from cluster.rank_quality import RankQualityMonitor
 from cluster.replicas import ReplicaView
 from cluster.request import Request, RequestState
 from cluster.routing import make_routing
 from cluster.service_rate import ServiceRate
-
-
-@dataclass(frozen=True, slots=True)
-class SchedulerStats:
-    queued: int
-    dispatched: int
-    running: int
-    finished: int
-    failed: int
-    rounds: int
-    slices: int
-    shed: dict[str, int]  # refused or dropped from the queue, by ShedReason value
+from cluster.slo_attainment import SLOAttainment
 
 
 class UnknownRequest(KeyError):
@@ -42,8 +32,13 @@ class UnknownRequest(KeyError):
 
 
 class Scheduler:
-    def __init__(self, config: SchedulerConfig, clock: Clock) -> None:
+    def __init__(
+        self, config: SchedulerConfig, clock: Clock, latency: LatencyModel | None = None
+    ) -> None:
+        """`latency`: the SLO-aware policies' latency model (the simulator gives its engines'
+        profile); None: the profile the policy config names."""
         self.clock = clock
+        self.latency = latency
         self._replicas: dict[str, ReplicaView] = {}
         self._requests: dict[str, Request] = {}
         self._seq = itertools.count()
@@ -55,11 +50,12 @@ class Scheduler:
         self._shed: Counter[ShedReason] = Counter()
         self._draining: set[str] = set()  # replicas that take no new request (to be removed)
         self.config = config
-        self.queue = make_queue(config.policy)
+        self.queue = make_queue(config.policy, config.slo, latency)
         self.routing = make_routing(config)
         self.admission = AdmissionControl(config.admission)
         self.rate = ServiceRate()
         self.rank_quality = RankQualityMonitor(config.rank_quality_window)
+        self.slo_attainment = SLOAttainment(config.slo)
 
     def reconfigure(self, config: SchedulerConfig) -> None:
         """New scheduling settings (policy, routing, slices...), only while no request is in
@@ -71,8 +67,10 @@ class Scheduler:
         self._rounds_before += self.queue.round
         if config.rank_quality_window != self.config.rank_quality_window:
             self.rank_quality = RankQualityMonitor(config.rank_quality_window)
+        if config.slo != self.config.slo:
+            self.slo_attainment = SLOAttainment(config.slo)
         self.config = config
-        self.queue = make_queue(config.policy)
+        self.queue = make_queue(config.policy, config.slo, self.latency)
         self.routing = make_routing(config)
         self.admission = AdmissionControl(config.admission)
 
@@ -152,11 +150,8 @@ class Scheduler:
             queued = [r for r in self._requests.values() if r.state is RequestState.QUEUED]
             decision = self.admission.decide(request, queued, self.rate, self.clock.now())
             if (refusal := decision.refusal) is not None:
-                request.state, request.error, request.refusal = (
-                    RequestState.FAILED,
-                    refusal.message,
-                    refusal,
-                )
+                request.state, request.error = RequestState.FAILED, refusal.message
+                request.refusal = refusal
                 self._shed[refusal.reason] += 1
                 return refusal
             if decision.evict is not None:
@@ -199,7 +194,14 @@ class Scheduler:
             for request in self.admission.expired(queued, now):
                 self._refuse(request, self.admission.timeout_refusal(request, now))
         replicas = [v for v in self._replicas.values() if v.replica_id not in self._draining]
-        if not self.queue or not replicas or not self.routing.has_room(replicas):
+        if not self.queue or not replicas:
+            return []
+        if self.queue.wants_plan(now):
+            held = [[self._requests[rid] for rid in sorted(v.assigned)] for v in replicas]
+            self.queue.plan(now, list(zip(replicas, held, strict=True)))
+        for view in replicas:
+            view.slot_limit = self.queue.concurrency_limit(view.replica_id)
+        if not self.routing.has_room(replicas):
             return []
         self.queue.begin_round(now)
         dispatches: list[Dispatch] = []
@@ -379,6 +381,7 @@ class Scheduler:
         self._release(request)
         self._finished += 1
         self.rank_quality.record(request)
+        self.slo_attainment.record(request)
 
     def _refuse(self, request: Request, refusal: Refusal) -> None:
         self.fail(request.request_id, refusal.message)

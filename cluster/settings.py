@@ -99,10 +99,34 @@ def _convert(value: Any, hint: Any, key: str) -> Any:
     raise ValueError(f"setting {key}: {'; '.join(errors)}")
 
 
+def _records(value: Any, item: type) -> tuple[Any, ...]:
+    """A list of records (e.g. SLO classes): mappings of their fields (YAML), or the record's
+    own one-line form (`item.parse`), several separated by ';' in one string."""
+    if isinstance(value, str):
+        value = [v for v in value.split(";") if v.strip()]
+    if isinstance(value, Mapping) or not isinstance(value, (list, tuple)):
+        raise ValueError(f"{value!r} is not a list of {item.__name__} entries")
+    hints = typing.get_type_hints(item)
+    out = []
+    for entry in value:
+        if isinstance(entry, str):
+            out.append(item.parse(entry))
+            continue
+        if not isinstance(entry, Mapping):
+            raise ValueError(f"{entry!r} is not a {item.__name__} mapping")
+        unknown = sorted(set(entry) - set(hints))
+        if unknown:
+            raise ValueError(f"unknown {item.__name__} field {unknown[0]}")
+        out.append(item(**{k: _convert(v, hints[k], k) for k, v in entry.items()}))
+    return tuple(out)
+
+
 def _convert_to(value: Any, target: Any) -> Any:
     origin = typing.get_origin(target)
     if origin is tuple:
         (item, *_) = typing.get_args(target) or (str,)
+        if dataclasses.is_dataclass(item):
+            return _records(value, item)
         items = [v for v in value.split(",") if v] if isinstance(value, str) else list(value)
         return tuple(_convert_to(v, item) for v in items)
     if target is bool:

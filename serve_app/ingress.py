@@ -43,6 +43,9 @@ api = FastAPI(title="rankserve", description="OpenAI-compatible LLM serving with
 
 # Helpers used by the deployment are defined above it: Serve pickles the deployment class when
 # it is decorated, with the module globals that exist at that point.
+SLO_HEADER = "x-rankserve-slo-class"
+
+
 def _error(e: oa.APIError) -> JSONResponse:
     return JSONResponse(e.body(), status_code=e.status, headers=e.headers())
 
@@ -213,6 +216,8 @@ class Ingress:
     ) -> Any:
         try:
             body = oa.parse_body(await request.body(), body_type)
+            if body.slo is None:  # the class may come as a header instead of a body field
+                body.slo = request.headers.get(SLO_HEADER)
             inp = to_input(body)
         except oa.APIError as e:
             return _error(e)

@@ -40,6 +40,14 @@ class RequestInputs:
         if name != self.config.model_name:
             raise oa.model_not_found(name)
 
+    def check_slo(self, name: str | None) -> None:
+        """An SLO class the scheduler does not know is the client's error (400 /
+        INVALID_ARGUMENT), named with the known ones."""
+        try:
+            self.config.scheduler.slo.get(name)
+        except ValueError as e:
+            raise oa.APIError(str(e), param="slo", code="unknown_slo_class") from None
+
     def _encode(self, text: str, chat: bool) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=not chat)["input_ids"])
 
@@ -64,6 +72,7 @@ class RequestInputs:
         if max_tokens is None:
             max_tokens = max(1, min(default_max, limit - len(prompt_ids)))
         check_lengths(len(prompt_ids), max_tokens, limit)
+        self.check_slo(body.slo)
         return GenerationInput(
             request_id=request_id,
             prompt_text=prompt_text,

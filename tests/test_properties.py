@@ -13,7 +13,7 @@ import numpy as np
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from cluster.config import EngineConfig, PolicyConfig, SchedulerConfig
+from cluster.config import EngineConfig, PolicyConfig, SchedulerConfig, SLOSearchConfig
 from cluster.policies import POLICIES
 from cluster.sim.simulator import SimulationConfig, simulate
 from cluster.sim.step_time import load_profile
@@ -68,6 +68,14 @@ def scenarios(draw, max_requests: int = 30) -> tuple[list[WorkloadItem], Simulat
         starvation_threshold=draw(st.integers(1, 6)),
         priority_quantum=draw(st.integers(1, 6)),
         ssjf_max_wait_s=draw(st.sampled_from([0.5, 5.0, 100.0])),
+        # slo: iterations only, so that a seed gives one result; small horizons and limits
+        # exercise the suffix and the concurrency moves.
+        slo_search=SLOSearchConfig(
+            iterations=draw(st.integers(0, 60)),
+            max_wall_ms=None,
+            horizon=draw(st.integers(2, 8)),
+            min_concurrency=draw(st.integers(1, 4)),
+        ),
     )
     config = SimulationConfig(
         SchedulerConfig(

@@ -156,3 +156,46 @@ def test_union_field_errors_name_the_field_only():
     with pytest.raises(oa.APIError) as info:
         parse({"model": "m", "messages": [{"role": "user", "content": 5}]}, oa.ChatBody)
     assert info.value.param == "messages.0.content"
+
+
+def test_slo_classes_from_yaml_and_an_unknown_class_is_a_400_listing_the_known_ones():
+    from serve_app.request_input import RequestInputs
+
+    cfg = ServeConfig.from_dict(
+        {
+            "model": "m",
+            "scheduler": {
+                "slo": {
+                    "classes": [
+                        {"name": "code", "e2e_s": "4"},
+                        {"name": "chat", "ttft_s": 1, "tpot_s": 0.04, "weight": 2},
+                    ],
+                    "default": "chat",
+                }
+            },
+        }
+    )
+    slos = cfg.scheduler.slo
+    assert slos.get(None).name == "chat" and slos.get("code").e2e_s == 4.0
+    assert ServeConfig.from_dict(cfg.to_dict()) == cfg
+    inputs = RequestInputs(cfg, tokenizer=None)
+    inputs.check_slo("code")
+    inputs.check_slo(None)
+    with pytest.raises(oa.APIError) as info:
+        inputs.check_slo("batch")
+    assert info.value.status == 400 and info.value.param == "slo"
+    assert "code, chat" in info.value.message
+
+
+@pytest.mark.parametrize(
+    "classes",
+    [
+        [{"name": "x", "ttft_s": 1}],  # TTFT without TPOT
+        [{"name": "x", "e2e_s": 1, "tpot_s": 0.1}],  # both kinds
+        [{"name": "x", "e2e_s": -1}],
+        [{"name": "x", "e2e_s": 1}, {"name": "x", "e2e_s": 2}],
+    ],
+)
+def test_bad_slo_classes_are_refused(classes):
+    with pytest.raises(ValueError, match="SLO class"):
+        ServeConfig.from_dict({"model": "m", "scheduler.slo": {"classes": classes, "default": "x"}})

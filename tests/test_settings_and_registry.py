@@ -59,7 +59,7 @@ def test_booleans_and_lists_from_strings():
 
 
 def test_registries_list_choose_and_refuse_by_name():
-    assert POLICIES.names == ("fcfs", "oracle", "ltr", "ssjf", "hrrn")
+    assert POLICIES.names == ("fcfs", "oracle", "ltr", "ssjf", "hrrn", "edf", "slo")
     assert ROUTINGS.names == ("global", "power_of_two")
     assert ENGINES.names == ("vllm", "simulated")
     assert POLICIES.parse_list(["ltr,fcfs", " ltr ", "oracle"]) == ["ltr", "fcfs", "oracle"]

@@ -11,7 +11,9 @@ from typing import TYPE_CHECKING
 from cluster.request import Request
 
 if TYPE_CHECKING:
-    from cluster.config import PolicyConfig
+    from cluster.config import PolicyConfig, SLOConfig
+    from cluster.latency_model import LatencyModel
+    from cluster.replicas import ReplicaView
 
 # Priority given to promoted (starving or aged) requests: ahead of any policy key.
 PROMOTED_PRIORITY = -1e12
@@ -28,6 +30,27 @@ class RequestQueue(ABC):
     def __init__(self, config: PolicyConfig) -> None:
         self.config = config
         self.round = 0
+
+    @classmethod
+    def create(
+        cls, config: PolicyConfig, slos: SLOConfig, latency: LatencyModel | None
+    ) -> RequestQueue:
+        """The queue for a scheduler with these SLO classes and latency model (None: the
+        policy's own); only the SLO-aware policies read them."""
+        return cls(config)
+
+    def wants_plan(self, now: float) -> bool:
+        """Whether `plan` should run before this round (policies that search an order)."""
+        return False
+
+    def plan(  # noqa: B027 - an optional hook: only policies whose wants_plan is true plan
+        self, now: float, replicas: list[tuple[ReplicaView, list[Request]]]
+    ) -> None:
+        """Recompute the order from the replicas and what each holds (dispatched or running)."""
+
+    def concurrency_limit(self, replica_id: str) -> int | None:
+        """Most requests the policy lets the replica hold at once; None: its own limit."""
+        return None
 
     def begin_round(self, now: float) -> None:
         self.round += 1

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from cluster.rank_quality import RankQuality
 from cluster.runtime.protocol import ReplicaInfo
 from cluster.scheduler import Scheduler
+from cluster.slo_attainment import AttainmentSnapshot
 
 if TYPE_CHECKING:
     from cluster.runtime.fleet import ReplicaFleet
@@ -37,6 +38,7 @@ class ClusterStatus:
     replicas: list[ReplicaStatus]
     rank_quality: RankQuality
     shed: dict[str, int]  # requests refused or dropped by admission control, by reason
+    slo: AttainmentSnapshot  # SLO attainment and goodput of the requests finished so far
 
     @property
     def ready(self) -> bool:
@@ -75,4 +77,5 @@ def cluster_status(core: Scheduler, fleet: ReplicaFleet) -> ClusterStatus:
         replicas,
         core.rank_quality.summary(),
         stats.shed,
+        core.slo_attainment.snapshot(),
     )

@@ -12,7 +12,15 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from cluster.config import AdmissionConfig, EngineConfig, PolicyConfig, SchedulerConfig
+from cluster.config import (
+    AdmissionConfig,
+    EngineConfig,
+    PolicyConfig,
+    SchedulerConfig,
+    SLOClass,
+    SLOConfig,
+    SLOSearchConfig,
+)
 from cluster.policies import POLICIES
 from cluster.routing import ROUTINGS
 from cluster.sim.report import format_table, plot_cdfs
@@ -110,6 +118,34 @@ def register(
         type=float,
         default=SchedulerConfig().kv_headroom_fraction,
         help="fraction of a replica's KV cache kept free when dispatching",
+    )
+    s.add_argument(
+        "--slo-class",
+        action="append",
+        default=None,
+        metavar="NAME:BOUNDS",
+        help="an SLO class, NAME:e2e_s=S or NAME:ttft_s=S,tpot_s=S (optionally ,weight=W); "
+        "repeat for several; requests name theirs in the prompt file's slo column "
+        f"(default: {SLOConfig().classes[0].name}, e2e_s={SLOConfig().classes[0].e2e_s:g})",
+    )
+    s.add_argument(
+        "--slo-default",
+        default=None,
+        help="class of requests that name none (default: the first --slo-class)",
+    )
+    s.add_argument(
+        "--slo-iterations",
+        type=int,
+        default=SLOSearchConfig().iterations,
+        help="slo policy: annealing proposals per plan",
+    )
+    s.add_argument(
+        "--slo-wall-ms",
+        type=float,
+        default=None,
+        help="slo policy: wall-time budget per plan (default: none here, so that a seed gives "
+        "one result; the served scheduler's default is "
+        f"{SLOSearchConfig().max_wall_ms:g} ms)",
     )
     a = p.add_argument_group("admission (off by default: whole bursts are queued)")
     a.add_argument("--max-queued", type=int, default=None, help="refuse past this queue length")
@@ -211,6 +247,13 @@ def json_safe(value: object) -> object:
     return value
 
 
+def slo_config(classes: list[str] | None, default: str | None) -> SLOConfig:
+    if not classes:
+        return SLOConfig() if default is None else SLOConfig(default=default)
+    parsed = tuple(SLOClass.parse(c) for c in classes)
+    return SLOConfig(parsed, default or parsed[0].name)
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         names = POLICIES.parse_list(args.policy or ["fcfs,oracle"])
@@ -224,12 +267,18 @@ def run(args: argparse.Namespace) -> int:
             max_num_batched_tokens=args.max_num_batched_tokens,
             num_kv_blocks=args.num_kv_blocks,
         )
+        slos = slo_config(args.slo_class, args.slo_default)
         results: list[SimulationResult] = []
         for name in names:
             policy = PolicyConfig(
                 name=name,
                 starvation_threshold=args.starvation_threshold,
                 priority_quantum=args.priority_quantum,
+                slo_search=SLOSearchConfig(
+                    iterations=args.slo_iterations,
+                    max_wall_ms=args.slo_wall_ms,
+                    seed=args.seed,
+                ),
             )
             scheduler = SchedulerConfig(
                 policy=policy,
@@ -242,6 +291,7 @@ def run(args: argparse.Namespace) -> int:
                     max_queue_wait_s=args.max_queue_wait,
                     queue_timeout_s=args.queue_timeout,
                 ),
+                slo=slos,
             )
             config = SimulationConfig(
                 scheduler,

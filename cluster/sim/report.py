@@ -20,6 +20,8 @@ _COLUMNS = [
     ("TPOT mean", lambda r: r.metrics.tpot_s.mean, "{:.4f}"),
     ("max wait p99", lambda r: r.metrics.max_wait_s.p99, "{:.2f}"),
     ("req/s", lambda r: r.metrics.throughput_rps, "{:.2f}"),
+    ("SLO %", lambda r: 100 * r.metrics.slo_attainment, "{:.1f}"),
+    ("goodput", lambda r: r.metrics.goodput_rps, "{:.2f}"),
     ("tok/s", lambda r: r.metrics.throughput_tps, "{:.0f}"),
     ("preempt", lambda r: r.engine_preemptions, "{:d}"),
 ]
@@ -44,6 +46,15 @@ def format_table(results: list[SimulationResult]) -> str:
         for r in results
         if r.shed
     ]
+    if any(len(r.metrics.slo_classes) > 1 for r in results):
+        extra += [
+            f"{r.policy}: SLO attainment by class: "
+            + ", ".join(
+                f"{name} {100 * c.attainment:.1f}% of {c.requests}"
+                for name, c in r.metrics.slo_classes.items()
+            )
+            for r in results
+        ]
     return "\n".join(lines + extra)
 
 

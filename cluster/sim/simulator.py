@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from cluster.clock import VirtualClock
 from cluster.config import EngineConfig, SchedulerConfig
+from cluster.latency_model import LatencyModel
 from cluster.metrics import RequestTiming, ServingMetrics, summarize, timing_of
 from cluster.request import Request, RequestState
 from cluster.scheduler import Scheduler
@@ -143,7 +144,10 @@ def simulate(
 ) -> SimulationResult:
     wall_start = time.perf_counter()
     clock = VirtualClock()
-    scheduler = Scheduler(config.scheduler, clock)
+    first_profile = (config.replica_profiles or (config.profile,))[0]
+    # The SLO-aware policies estimate latencies from the engines' own profile (the first
+    # one's, in a mixed cluster).
+    scheduler = Scheduler(config.scheduler, clock, latency=LatencyModel(first_profile))
     by_id: dict[str, SimulatedEngine] = {}
 
     def new_engine(replica_id: str, profile: StepTimeProfile = config.profile) -> SimulatedEngine:
@@ -252,7 +256,7 @@ def simulate(
     start = arrivals[0].arrival_time if arrivals else None
     return SimulationResult(
         policy=config.scheduler.policy.name,
-        metrics=summarize(timings, failed=failed, start=start, end=end),
+        metrics=summarize(timings, failed=failed, start=start, end=end, slos=config.scheduler.slo),
         timings=timings,
         requests=arrivals,
         virtual_time_s=clock.now(),

@@ -1,0 +1,210 @@
+"""SLO-aware scheduling benchmarks (issue 12).
+
+cost   the `slo` policy's plan time (its default budget: 300 proposals, 4 ms, horizon 64)
+       at 100, 1,000 and 10,000 queued requests on 4 replicas
+mix    the multi-SLO mix (code_alpaca: e2e 4 s; AlpacaEval Llama-3-8B answers: TTFT 1 s +
+       TPOT 40 ms; arena-hard v2 o3-mini answers: e2e 60 s; 40/40/20) on 4 a100-llama3-8b
+       replicas, Poisson arrivals at multiples of capacity, every policy given
+       (needs ../shared/datasets)
+
+  python -m benchmarks.bench_slo cost
+  python -m benchmarks.bench_slo mix --loads 0.6,1.2 --seeds 0 --duration 40
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import time
+
+import numpy as np
+
+from benchmarks.prompt_sets import ALPACA_LLAMA3_8B, ARENA_O3_MINI, CODE_ALPACA, DATA, prompt_file
+from benchmarks.report import update_section
+from cluster.config import (
+    EngineConfig,
+    PolicyConfig,
+    SchedulerConfig,
+    SLOClass,
+    SLOConfig,
+    SLOSearchConfig,
+)
+from cluster.latency_model import LatencyModel
+from cluster.sim.simulator import SimulationConfig, simulate
+from cluster.sim.step_time import load_profile
+from cluster.slo_search import Problem, anneal
+from cluster.workload.prompts import read_prompt_file, write_prompt_file
+from cluster.workload.scoring import with_true_lengths
+from cluster.workload.slo_mix import MixPart, mix_prompts
+from cluster.workload.workload import build_workload
+
+PROFILE = "a100-llama3-8b"
+REPLICAS = 4
+SLOS = SLOConfig(
+    (
+        SLOClass("code", e2e_s=4.0),
+        SLOClass("chat", ttft_s=1.0, tpot_s=0.04),
+        SLOClass("longform", e2e_s=60.0),
+    ),
+    default="chat",
+)
+MAX_OUTPUT = 2048
+MIX_FILE = DATA / "slo_mix.jsonl"
+
+
+def cost() -> None:
+    rng = np.random.default_rng(0)
+    model = LatencyModel.named(PROFILE)
+    search = SLOSearchConfig()
+    rows = [
+        "| queued | plans | plan p50 (ms) | plan p99 (ms) | proposals p50 |",
+        "|---|---|---|---|---|",
+    ]
+    for n in (100, 1000, 10_000):
+        times, iters = [], []
+        for k in range(30):
+            tokens = rng.integers(5, 1500, n).astype(float)
+            e2e = np.where(rng.random(n) < 0.6, rng.uniform(2, 60, n), np.inf)
+            running = 4 * 200
+            p = Problem(
+                now=10.0,
+                arrival=rng.uniform(0, 10, n),
+                prefill_s=rng.uniform(0.005, 0.1, n),
+                tokens=tokens,
+                e2e_bound=e2e,
+                ttft_bound=np.where(np.isinf(e2e), 1.0, np.inf),
+                tpot_bound=np.where(np.isinf(e2e), 0.04, np.inf),
+                weight=np.ones(n),
+                run_replica=rng.integers(0, 4, running),
+                run_elapsed=rng.uniform(0, 20, running),
+                run_ttft=rng.uniform(0, 1, running),
+                run_tokens=rng.integers(1, 800, running).astype(float),
+                run_e2e_bound=np.full(running, 30.0),
+                run_ttft_bound=np.full(running, np.inf),
+                run_tpot_bound=np.full(running, np.inf),
+                run_weight=np.ones(running),
+                max_seqs=np.full(4, 256),
+                step_s=lambda _r, b: model.decode_step_s(b, 640),
+            )
+            start = time.perf_counter()
+            plan = anneal(
+                p,
+                np.full(4, 256),
+                iterations=search.iterations,
+                horizon=search.horizon,
+                min_concurrency=search.min_concurrency,
+                rng=random.Random(k),
+                max_wall_s=search.max_wall_ms / 1000,
+            )
+            times.append((time.perf_counter() - start) * 1000)
+            iters.append(plan.iterations)
+        p50, p99 = np.percentile(times, [50, 99])
+        print(
+            f"{n} queued: plan p50 {p50:.2f} ms, p99 {p99:.2f} ms, {np.median(iters):.0f} proposals"
+        )
+        rows.append(f"| {n:,} | 30 | {p50:.2f} | {p99:.2f} | {np.median(iters):.0f} |")
+    update_section(
+        "slo-cost",
+        "### SLO policy: search cost per plan\n\nOne core of this 2-core machine, default budget "
+        f"({search.iterations} proposals, {search.max_wall_ms:g} ms wall, horizon "
+        f"{search.horizon}), 4 replicas with 800 running requests.\n\n" + "\n".join(rows),
+    )
+
+
+def mix_file() -> list:
+    if not MIX_FILE.is_file():
+        parts = [
+            MixPart(read_prompt_file(prompt_file(CODE_ALPACA)), "code", 0.4),
+            MixPart(read_prompt_file(prompt_file(ALPACA_LLAMA3_8B)), "chat", 0.4),
+            MixPart(read_prompt_file(prompt_file(ARENA_O3_MINI)), "longform", 0.2),
+        ]
+        write_prompt_file(MIX_FILE, mix_prompts(parts, 3000, 0))
+    return read_prompt_file(MIX_FILE)
+
+
+def capacity(records) -> float:
+    """Requests/s the 4 replicas sustain full (vLLM's 256 sequences each): slots over the mean
+    request's time, prefill plus its tokens at the full batch's step time (the latency model
+    on the mix's own lengths)."""
+    model = LatencyModel.named(PROFILE)
+    out = np.minimum([r.output_tokens for r in records], MAX_OUTPUT)
+    prompt = np.array([r.prompt_tokens for r in records])
+    step = model.decode_step_s(256, int(prompt.mean() + out.mean() / 2))
+    service = np.mean([model.prefill_s(int(p)) for p in prompt]) + out.mean() * step
+    return REPLICAS * 256 / service
+
+
+def mix(loads: list[float], seeds: list[int], duration: float, policies: list[str]) -> None:
+    records = mix_file()
+    cap = capacity(records)
+    print(f"capacity {cap:.1f} req/s")
+    rows = [
+        "| load | rate (req/s) | seed | policy | SLO attainment | code | chat | longform "
+        "| goodput (req/s) | mean e2e (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for load in loads:
+        rate = load * cap
+        for seed in seeds:
+            items = with_true_lengths(
+                build_workload(
+                    records,
+                    f"poisson:{rate}",
+                    int(rate * duration),
+                    seed,
+                    max_output_tokens=MAX_OUTPUT,
+                )
+            )
+            for name in policies:
+                config = SimulationConfig(
+                    SchedulerConfig(
+                        policy=PolicyConfig(
+                            name=name, slo_search=SLOSearchConfig(max_wall_ms=None, seed=seed)
+                        ),
+                        slo=SLOS,
+                    ),
+                    EngineConfig(),
+                    load_profile(PROFILE),
+                    replicas=REPLICAS,
+                )
+                r = simulate(items, config)
+                m = r.metrics
+                by = {k: f"{100 * v.attainment:.1f}%" for k, v in m.slo_classes.items()}
+                line = (
+                    f"| {load:g}x | {rate:.1f} | {seed} | {name} | {100 * m.slo_attainment:.1f}% | "
+                    f"{by.get('code', '-')} | {by.get('chat', '-')} | {by.get('longform', '-')} | "
+                    f"{m.goodput_rps:.2f} | {m.e2e_latency_s.mean:.2f} |"
+                )
+                print(line, f"(wall {r.wall_time_s:.0f} s)", flush=True)
+                rows.append(line)
+    update_section(
+        "slo-mix",
+        "### SLO policy: multi-SLO mix in the simulator\n\n4 a100-llama3-8b replicas (vLLM "
+        f"defaults: 256 sequences), Poisson arrivals for {duration:g} s, true lengths as "
+        f"predictions, answers capped at {MAX_OUTPUT} tokens. Classes: code e2e 4 s, chat "
+        "TTFT 1 s + TPOT 40 ms, longform e2e 60 s; mix 40/40/20. Capacity (the latency model's "
+        f"estimate, `capacity()`): {cap:.1f} req/s.\n\n" + "\n".join(rows),
+    )
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("what", choices=["cost", "mix"])
+    p.add_argument("--loads", default="0.6,0.9,1.2,1.5")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--duration", type=float, default=60.0)
+    p.add_argument("--policies", default="fcfs,ltr,edf,slo")
+    a = p.parse_args()
+    if a.what == "cost":
+        cost()
+    else:
+        mix(
+            [float(x) for x in a.loads.split(",")],
+            [int(x) for x in a.seeds.split(",")],
+            a.duration,
+            a.policies.split(","),
+        )
+
+
+if __name__ == "__main__":
+    main()
