@@ -26,7 +26,6 @@ import numpy as np
 from predictor_actor.encoder import HIDDEN
 from predictor_actor.log_tail import LogTail, ServedExample
 from predictor_actor.memory import MemoryConfig, RetrievalMemory
-from predictor_actor.model import RankingModel
 from predictor_actor.model_store import ModelStore
 from predictor_actor.retrain import RetrainConfig, retrain
 from predictor_actor.vector_cache import text_key
@@ -62,8 +61,9 @@ class LearningConfig:
         return Path(self.request_log or ".").expanduser().resolve().parent / "predictor-state"
 
 
-def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]", "_", name) or "_default"
+def served_dir(state: Path, served: str) -> Path:
+    """Where one served model's learning state lives under the state directory."""
+    return state / "served" / (re.sub(r"[^A-Za-z0-9._-]", "_", served) or "_default")
 
 
 class ServedModelLearner:
@@ -156,7 +156,7 @@ class OnlineLearning:
             got = self.learners.get(name)
             if got is None:
                 got = ServedModelLearner(
-                    name, self.root / "served" / _slug(name), self.base_dir, self.config
+                    name, served_dir(self.root, name), self.base_dir, self.config
                 )
                 self.learners[name] = got
             return got
@@ -178,6 +178,7 @@ class OnlineLearning:
             encoded = self.embed([texts[i] for i in missing])
             for i, row in zip(missing, encoded, strict=True):
                 rows[i] = row
+            self.remember([texts[i] for i in missing], encoded)
         return np.stack(rows).astype(np.float32)
 
     def step(self) -> list[dict]:

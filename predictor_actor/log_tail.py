@@ -45,9 +45,7 @@ def parse_entry(line: str) -> ServedExample | None | bool:
         if tokens < 1:
             return None
         cap = d.get("max_tokens")
-        if d.get("finish_reason", "stop") == "length" or (
-            isinstance(cap, int) and tokens >= cap
-        ):
+        if d.get("finish_reason", "stop") == "length" or (isinstance(cap, int) and tokens >= cap):
             return False
         return ServedExample(
             prompt, tokens, str(d.get("model") or ""), float(d.get("finish_time") or 0.0)

@@ -14,8 +14,10 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from predictor_actor.model import ModelLoadError, RankingModel
+if TYPE_CHECKING:  # the model module imports torch; the store is imported without it
+    from predictor_actor.model import RankingModel
 
 CURRENT = "current"
 EVENTS = "swaps.jsonl"
@@ -45,6 +47,8 @@ class ModelStore:
         tmp.replace(self.root / CURRENT)
 
     def load(self, version: str | None = None) -> RankingModel:
+        from predictor_actor.model import RankingModel
+
         return RankingModel.load(self._dir(version or self.current))
 
     def versions(self) -> list[str]:
@@ -82,11 +86,14 @@ class ModelStore:
         return out[-last:] if last else out
 
     def rollback(self) -> dict:
-        """Serve again the version that served before the current one (the `from` of the last
-        swap or rollback that made the current one). Raises ModelLoadError when there is none."""
+        """Serve again the version the current one was swapped in for (the `from` of the last
+        swap to it), so repeated rollbacks walk back through the swaps. Raises ModelLoadError
+        when there is none."""
+        from predictor_actor.model import ModelLoadError
+
         current = self.current
         for e in reversed(self.events()):
-            if e.get("event") in ("swap", "rollback") and e.get("to") == current:
+            if e.get("event") == "swap" and e.get("to") == current:
                 target = e["from"]
                 break
         else:

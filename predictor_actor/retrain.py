@@ -9,12 +9,14 @@ The candidate's epoch is chosen on the newest part of its training labels, never
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from cluster.rank_agreement import kendall_tau_b
-from predictor_actor.model import RankingModel
-from predictor_actor.train import TrainConfig, fit_head
+
+if TYPE_CHECKING:
+    from predictor_actor.model import RankingModel
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +68,8 @@ def retrain(
     current: RankingModel, features: np.ndarray, tokens: np.ndarray, config: RetrainConfig
 ) -> RetrainResult:
     """`features` and `tokens` in arrival order (oldest first)."""
+    from predictor_actor.train import TrainConfig, fit_head  # torch: only where training runs
+
     n = len(tokens)
     hold = max(config.min_holdout, int(n * config.holdout_fraction))
     if n - hold < 2 * config.list_size:

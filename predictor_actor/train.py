@@ -208,7 +208,10 @@ def fit_head(
         in_dim=x_train.shape[1], hidden=config.hidden, outputs=outputs, dropout=config.dropout
     )
     if warm_start is not None:
-        if warm_start.config.loss != config.loss or warm_start.config.head.in_dim != x_train.shape[1]:
+        if (
+            warm_start.config.loss != config.loss
+            or warm_start.config.head.in_dim != x_train.shape[1]
+        ):
             raise ValueError("a warm start needs a model of the same loss and feature width")
         head_cfg = warm_start.config.head
         edges, centers = warm_start.config.bucket_edges, warm_start.config.bucket_centers
@@ -217,7 +220,9 @@ def fit_head(
         head.load_state_dict(warm_start.head.state_dict())
     else:
         head.set_feature_stats(x_train_t)
-    if config.loss == "regression" and warm_start is None:  # start at the mean, so the steps go into the ordering
+    if (
+        config.loss == "regression" and warm_start is None
+    ):  # start at the mean, so the steps go into the ordering
         with torch.no_grad():
             head.net[-1].bias.fill_(float(np.log1p(np.asarray(y_train, dtype=np.float64)).mean()))
     if warm_start is not None:
