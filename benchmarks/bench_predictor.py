@@ -9,6 +9,7 @@
             latency at truncation 128, 256 and 512 tokens, and the tau each truncation costs
   finetune  frozen encoder vs fine-tuning it, within the 30-minute training budget
   train-time  wall time of `rankserve predictor train` on 10k prompts, cold cache
+  memory    the retrieval memory's lookup latency (p50/p99) when it holds 100k served requests
 
 Reads prompt files in runs/data, made from ../shared/datasets on first use
 (benchmarks/prompt_sets.py). Prints the figures and writes them to docs/benchmarks.md.
@@ -17,6 +18,7 @@ Reads prompt files in runs/data, made from ../shared/datasets on first use
     python -m benchmarks.bench_predictor actor
     python -m benchmarks.bench_predictor finetune
     python -m benchmarks.bench_predictor train-time
+    python -m benchmarks.bench_predictor memory
 """
 
 from __future__ import annotations
@@ -221,6 +223,7 @@ _CARD_NOTES = """## Notes
 
 def main() -> None:
     from benchmarks.predictor_actor_load import actor_bench
+    from benchmarks.predictor_learning import memory_bench
     from benchmarks.predictor_training import finetune, train_time
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -244,8 +247,14 @@ def main() -> None:
     f.add_argument("--encoder-lr", type=float, default=2e-5)
     t = sub.add_parser("train-time")
     t.add_argument("--prompts", type=int, default=10_000)
+    m = sub.add_parser("memory")
+    m.add_argument("--stored", type=int, default=100_000)
+    m.add_argument("--queries", type=int, default=5_000)
+    m.add_argument("--batch", type=int, default=64)
     args = parser.parse_args()
-    if args.what == "train-time":
+    if args.what == "memory":
+        memory_bench(args.stored, args.queries, args.batch)
+    elif args.what == "train-time":
         train_time(args.prompts)
     elif args.what == "quality":
         quality(args.write_cards)
