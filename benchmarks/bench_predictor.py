@@ -9,6 +9,9 @@
             latency at truncation 128, 256 and 512 tokens, and the tau each truncation costs
   finetune  frozen encoder vs fine-tuning it, within the 30-minute training budget
   train-time  wall time of `rankserve predictor train` on 10k prompts, cold cache
+  memory    the retrieval memory's lookup latency (p50/p99) when it holds 100k served requests
+  online    online learning curve: tau per window of 100 on an unseen distribution, replayed
+            through the retrain-and-swap loop (PNG in docs/img)
 
 Reads prompt files in runs/data, made from ../shared/datasets on first use
 (benchmarks/prompt_sets.py). Prints the figures and writes them to docs/benchmarks.md.
@@ -17,6 +20,8 @@ Reads prompt files in runs/data, made from ../shared/datasets on first use
     python -m benchmarks.bench_predictor actor
     python -m benchmarks.bench_predictor finetune
     python -m benchmarks.bench_predictor train-time
+    python -m benchmarks.bench_predictor memory
+    python -m benchmarks.bench_predictor online
 """
 
 from __future__ import annotations
@@ -221,6 +226,7 @@ _CARD_NOTES = """## Notes
 
 def main() -> None:
     from benchmarks.predictor_actor_load import actor_bench
+    from benchmarks.predictor_learning import memory_bench, online_curve
     from benchmarks.predictor_training import finetune, train_time
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -244,8 +250,19 @@ def main() -> None:
     f.add_argument("--encoder-lr", type=float, default=2e-5)
     t = sub.add_parser("train-time")
     t.add_argument("--prompts", type=int, default=10_000)
+    m = sub.add_parser("memory")
+    m.add_argument("--stored", type=int, default=100_000)
+    m.add_argument("--queries", type=int, default=5_000)
+    m.add_argument("--batch", type=int, default=64)
+    o = sub.add_parser("online")
+    o.add_argument("--window", type=int, default=100)
+    o.add_argument("--retrain-every", type=int, default=100)
     args = parser.parse_args()
-    if args.what == "train-time":
+    if args.what == "online":
+        online_curve(args.window, args.retrain_every)
+    elif args.what == "memory":
+        memory_bench(args.stored, args.queries, args.batch)
+    elif args.what == "train-time":
         train_time(args.prompts)
     elif args.what == "quality":
         quality(args.write_cards)

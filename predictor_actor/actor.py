@@ -5,6 +5,7 @@ batches and each batch is one call into the model.
     actor = start_predictor_actor(PredictorConfig())
     score = await actor.score.remote("Write a haiku")            # float, higher = longer
     preds = await actor.predict_many.remote(["a", "b"])           # list[Prediction]
+    event = ray.get(actor.rollback.remote())                      # undo the last swap (learning)
     ray.get(actor.health.remote())                                # dict, "status": ok|degraded
 """
 
@@ -29,11 +30,11 @@ class PredictorActor:
             os.environ["RANKSERVE_TORCH_THREADS"] = str(torch_threads)
         self._predictor = BatchingPredictor(config or PredictorConfig())
 
-    async def predict(self, prompt) -> Prediction:
-        return await self._predictor.predict(prompt)
+    async def predict(self, prompt, served: str | None = None) -> Prediction:
+        return await self._predictor.predict(prompt, served)
 
-    async def predict_many(self, prompts: list) -> list[Prediction]:
-        return await self._predictor.predict_many(list(prompts))
+    async def predict_many(self, prompts: list, served: str | None = None) -> list[Prediction]:
+        return await self._predictor.predict_many(list(prompts), served)
 
     async def score(self, prompt) -> float:
         return (await self._predictor.predict(prompt)).score
@@ -43,6 +44,13 @@ class PredictorActor:
 
     async def health(self) -> dict:
         return self._predictor.health()
+
+    async def rollback(self, served: str | None = None) -> dict:
+        """Serve again the version before the last swap of `served` (None: the default served
+        model); the event as logged. Raises when learning is off or there is nothing to undo."""
+        if self._predictor.learning is None:
+            raise RuntimeError("learning is off: this predictor has no versions to roll back")
+        return self._predictor.learning.rollback(served)
 
 
 def start_predictor_actor(

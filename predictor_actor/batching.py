@@ -19,7 +19,9 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from predictor_actor.encoder import HIDDEN
 from predictor_actor.heuristic import HEURISTIC_NAME, heuristic_lengths, heuristic_scores
+from predictor_actor.learning import LearningConfig, OnlineLearning
 from predictor_actor.text import clean_prompt
 
 log = logging.getLogger(__name__)
@@ -39,6 +41,8 @@ class PredictorConfig:
     # different scores (measured in docs/benchmarks.md, predictor-actor). None: as the model
     # was trained.
     quantize: bool | None = None
+    # Learning from the request log (retrieval memory, retrain and swap); off without a log.
+    learning: LearningConfig = field(default_factory=LearningConfig)
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:
@@ -54,6 +58,7 @@ class Prediction:
     score: float  # rank score, higher = longer answer
     predicted_tokens: float  # predicted answer length in tokens
     fallback: bool  # True: scored by the prompt-length heuristic, not the model
+    version: str | None = None  # the served model's predictor version (learning on)
 
 
 @dataclass(slots=True)
@@ -94,6 +99,16 @@ class BatchingPredictor:
                 self.error,
                 HEURISTIC_NAME,
             )
+        self.learning: OnlineLearning | None = None
+        if self.model is not None and config.learning.request_log:
+            try:
+                self.learning = OnlineLearning(
+                    config.learning, config.model_dir, self.model.encoder.features
+                )
+                self.learning.start()
+            except Exception as e:  # serve on with the start model, unlearned
+                log.exception("predictor learning not started: %s", e)
+                self.error = f"learning: {type(e).__name__}: {e}"
         self._stats = _Stats()
         self._queue: asyncio.Queue | None = None
         self._loop_task: asyncio.Task | None = None
@@ -116,9 +131,23 @@ class BatchingPredictor:
         return model
 
     # --- scoring -------------------------------------------------------------------------
-    def _model_predict(self, prompts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        scores = self.model.scores_from_features(self.model.encoder.features(prompts))
-        return scores, self.model.tokens_from_scores(scores)
+    def _model_predict(
+        self, prompts: list[str], served: str | None = None
+    ) -> tuple[np.ndarray, np.ndarray, str | None]:
+        feats = self.model.encoder.features(prompts)
+        if self.learning is None:
+            scores = self.model.scores_from_features(feats)
+            return scores, self.model.tokens_from_scores(scores), None
+        self.learning.remember(prompts, feats)
+        learner = self.learning.learner(served)
+        model = learner.model  # one reference: a swap lands between batches, never inside one
+        raw = model.scores_from_features(feats)
+        log_length = np.log1p(model.tokens_from_scores(raw))
+        if learner.memory is not None and len(learner.memory):
+            log_length, _ = learner.memory.blend(log_length, feats[:, :HIDDEN])
+        # Scores are predicted log lengths, comparable across swaps; the raw score breaks ties
+        # where the length calibration is flat.
+        return log_length + 1e-4 * raw, np.expm1(log_length), learner.version
 
     def _heuristic(self, prompts: list[str]) -> list[Prediction]:
         self._stats.heuristic_prompts += len(prompts)
@@ -127,15 +156,26 @@ class BatchingPredictor:
             for s, t in zip(heuristic_scores(prompts), heuristic_lengths(prompts), strict=True)
         ]
 
-    def score_batch(self, prompts: list) -> list[Prediction]:
-        """Score one batch synchronously; never raises for a bad prompt."""
+    def score_batch(self, prompts: list, served: list | None = None) -> list[Prediction]:
+        """Score one batch synchronously (`served`: each prompt's served model, for learning
+        per model); never raises for a bad prompt."""
+        served = served or [None] * len(prompts)
+        if len(set(served)) > 1:  # one call into the model per served model
+            out: list[Prediction | None] = [None] * len(prompts)
+            for name in dict.fromkeys(served):
+                idx = [i for i, s in enumerate(served) if s == name]
+                for i, p in zip(
+                    idx, self.score_batch([prompts[i] for i in idx], [name]), strict=True
+                ):
+                    out[i] = p
+            return out
         texts = [_text_or_none(p) for p in prompts]
         if self.model is None:
             return self._heuristic(["" if t is None else t for t in texts])
         if None not in texts:
             try:
-                s, t = self._model_predict(texts)
-                return [Prediction(float(a), float(b), False) for a, b in zip(s, t, strict=True)]
+                s, t, v = self._model_predict(texts, served[0])
+                return [Prediction(float(a), float(b), False, v) for a, b in zip(s, t, strict=True)]
             except Exception:
                 log.exception(
                     "scoring a batch of %d failed; scoring its prompts one by one", len(texts)
@@ -146,16 +186,17 @@ class BatchingPredictor:
             try:
                 if text is None:
                     raise ValueError("prompt is not text")
-                s, t = self._model_predict([text])
-                out.append(Prediction(float(s[0]), float(t[0]), False))
+                s, t, v = self._model_predict([text], served[0])
+                out.append(Prediction(float(s[0]), float(t[0]), False, v))
             except Exception as e:
                 log.warning("a prompt cannot be scored (%s); scored by the heuristic", e)
                 out += self._heuristic(["" if text is None else text])
         return out
 
     # --- batching ------------------------------------------------------------------------
-    async def predict_many(self, prompts: list) -> list[Prediction]:
-        """Predictions for `prompts`, in order; they may share batches with other callers."""
+    async def predict_many(self, prompts: list, served: str | None = None) -> list[Prediction]:
+        """Predictions for `prompts`, in order; they may share batches with other callers.
+        `served`: the served model the prompts are for (None: the default one)."""
         if self._loop_task is None or self._loop_task.done():
             self._queue = asyncio.Queue()
             self._loop_task = asyncio.get_running_loop().create_task(self._batch_loop())
@@ -163,12 +204,12 @@ class BatchingPredictor:
         futures = []
         for p in prompts:
             fut = loop.create_future()
-            self._queue.put_nowait((p, fut))
+            self._queue.put_nowait((p, served, fut))
             futures.append(fut)
         return list(await asyncio.gather(*futures))
 
-    async def predict(self, prompt) -> Prediction:
-        return (await self.predict_many([prompt]))[0]
+    async def predict(self, prompt, served: str | None = None) -> Prediction:
+        return (await self.predict_many([prompt], served))[0]
 
     async def _batch_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -190,11 +231,14 @@ class BatchingPredictor:
             t0 = time.perf_counter()
             try:
                 results = await loop.run_in_executor(
-                    self._executor, self.score_batch, [p for p, _ in batch]
+                    self._executor,
+                    self.score_batch,
+                    [p for p, _, _ in batch],
+                    [s for _, s, _ in batch],
                 )
             except Exception as e:  # score_batch does not raise; this guards the loop itself
                 log.exception("predictor batch loop error")
-                for _, fut in batch:
+                for _, _, fut in batch:
                     if not fut.done():
                         fut.set_exception(e)
                 continue
@@ -204,7 +248,7 @@ class BatchingPredictor:
             st.prompts += len(batch)
             st.largest_batch = max(st.largest_batch, len(batch))
             st.batch_sizes = st.batch_sizes[-999:] + [len(batch)]
-            for (_, fut), res in zip(batch, results, strict=True):
+            for (_, _, fut), res in zip(batch, results, strict=True):
                 if not fut.done():  # the caller may have given up (cancelled)
                     fut.set_result(res)
 
@@ -226,4 +270,5 @@ class BatchingPredictor:
             "busy_seconds": round(st.busy_s, 3),
             "failed_batches": st.failed_batches,
             "heuristic_prompts": st.heuristic_prompts,
+            "learning": self.learning.status() if self.learning is not None else None,
         }

@@ -1,5 +1,6 @@
-"""`rankserve predictor train|eval`: train the ranking model on prompt files or request logs,
-and measure how well a model orders a labelled file."""
+"""`rankserve predictor train|eval|status|rollback`: train the ranking model on prompt files or
+request logs, measure how well a model orders a labelled file, and watch or undo what the live
+predictor learned from served traffic."""
 
 from __future__ import annotations
 
@@ -88,6 +89,24 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
     e.add_argument("--cache-dir", default=None, help="embedding cache directory")
     e.set_defaults(func=_eval)
 
+    for action, text in (
+        ("status", "what the live predictor learned: versions, swaps, memory, log counts"),
+        ("rollback", "serve again the predictor version before the last swap"),
+    ):
+        a = sub.add_parser(action, help=text, description=text + " (docs/predictor.md).")
+        a.add_argument(
+            "--served", default=None, metavar="NAME", help="served model (default: the default one)"
+        )
+        a.add_argument(
+            "--state-dir",
+            default=None,
+            metavar="DIR",
+            help="act on the learning state on disk (predictor stopped; it serves the result when "
+            "it starts) instead of on the running predictor actor",
+        )
+        a.add_argument("--address", default="auto", help="Ray cluster (default: auto)")
+        a.set_defaults(func=_live)
+
 
 def _train(args: argparse.Namespace) -> int:
     from cluster.workload.prompts import PromptFileError
@@ -161,4 +180,51 @@ def _eval(args: argparse.Namespace) -> int:
     result["model"] = str(args.model) if args.model else "default"
     result["data"] = args.data
     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()}))
+    return 0
+
+
+def _live(args: argparse.Namespace) -> int:
+    if args.state_dir:
+        return _on_disk(args)
+    import ray
+
+    from cluster.runtime.names import NAMESPACE, PREDICTOR_ACTOR
+
+    ray.init(address=args.address, namespace=NAMESPACE, log_to_driver=False)
+    try:
+        actor = ray.get_actor(PREDICTOR_ACTOR, namespace=NAMESPACE)
+    except ValueError:
+        print(f"no {PREDICTOR_ACTOR} actor on this cluster: is rankserve running?", file=sys.stderr)
+        return 1
+    try:
+        if args.predictor_command == "status":
+            out = ray.get(actor.health.remote())
+        else:
+            out = ray.get(actor.rollback.remote(args.served))
+    except ray.exceptions.RayTaskError as e:
+        print(f"rankserve predictor {args.predictor_command}: {e.cause}", file=sys.stderr)
+        return 2
+    print(json.dumps(out, indent=1))
+    return 0
+
+
+def _on_disk(args: argparse.Namespace) -> int:
+    from predictor_actor.learning import served_dir
+    from predictor_actor.model import ModelLoadError
+    from predictor_actor.model_store import ModelStore
+
+    root = served_dir(Path(args.state_dir), args.served or "") / "models"
+    if not root.is_dir():
+        print(f"rankserve predictor: no learning state in {root}", file=sys.stderr)
+        return 2
+    store = ModelStore(root, None)
+    if args.predictor_command == "status":
+        out = {"version": store.current, "versions": store.versions(), "events": store.events()}
+    else:
+        try:
+            out = store.rollback()
+        except ModelLoadError as e:
+            print(f"rankserve predictor rollback: {e}", file=sys.stderr)
+            return 2
+    print(json.dumps(out, indent=1))
     return 0

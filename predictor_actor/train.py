@@ -187,10 +187,12 @@ def fit_head(
     checkpoint: Path | None = None,
     resume: bool = False,
     progress: bool = False,
+    warm_start: RankingModel | None = None,
 ) -> tuple[RankingModel, list[dict]]:
     """Train a scoring head on feature rows and answer lengths; returns the model at the epoch
     with the best validation Kendall tau (length calibration fitted on the training rows) and
-    the per-epoch history."""
+    the per-epoch history. `warm_start`: begin from that model's head (its loss, shape and
+    feature statistics) rather than from random weights."""
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     enc_cfg = config.encoder_config
@@ -205,11 +207,26 @@ def fit_head(
     head_cfg = HeadConfig(
         in_dim=x_train.shape[1], hidden=config.hidden, outputs=outputs, dropout=config.dropout
     )
+    if warm_start is not None:
+        if (
+            warm_start.config.loss != config.loss
+            or warm_start.config.head.in_dim != x_train.shape[1]
+        ):
+            raise ValueError("a warm start needs a model of the same loss and feature width")
+        head_cfg = warm_start.config.head
+        edges, centers = warm_start.config.bucket_edges, warm_start.config.bucket_centers
     head = ScoringHead(head_cfg)
-    head.set_feature_stats(x_train_t)
-    if config.loss == "regression":  # start at the mean, so the steps go into the ordering
+    if warm_start is not None:
+        head.load_state_dict(warm_start.head.state_dict())
+    else:
+        head.set_feature_stats(x_train_t)
+    if (
+        config.loss == "regression" and warm_start is None
+    ):  # start at the mean, so the steps go into the ordering
         with torch.no_grad():
             head.net[-1].bias.fill_(float(np.log1p(np.asarray(y_train, dtype=np.float64)).mean()))
+    if warm_start is not None:
+        enc_cfg = warm_start.config.encoder
     model_cfg = ModelConfig(
         loss=config.loss, encoder=enc_cfg, head=head_cfg, bucket_edges=edges, bucket_centers=centers
     )
@@ -218,6 +235,9 @@ def fit_head(
     edges_t = torch.tensor(edges, dtype=torch.float64)
 
     start_epoch, best_tau, best_state, history = 0, -2.0, None, []
+    if warm_start is not None:  # the start model is a candidate too: never end up worse
+        best_tau = kendall_tau_b(model.scores_from_features(x_val), y_val)
+        best_state = {k: v.clone() for k, v in head.state_dict().items()}
     if resume and checkpoint is not None and checkpoint.is_file():
         ckpt = torch.load(checkpoint, weights_only=False)
         # More epochs may be asked for on resume; every other setting must match.

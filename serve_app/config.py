@@ -16,6 +16,7 @@ from typing import Any
 from cluster.config import AdmissionConfig, EngineConfig, SchedulerConfig
 from cluster.runtime.spec import ReplicaConfig, ReplicaSpec, replica_specs
 from cluster.settings import from_mapping, to_mapping
+from predictor_actor.learning import LearningConfig
 from serve_app.scoring import SCORERS
 
 
@@ -28,6 +29,9 @@ class PredictorSettings:
     # A score call not answered in this time is scored by the heuristic (the request is served
     # either way); the predictor is then skipped for a backoff and probed again.
     deadline_s: float = 2.0
+    # Learning from served traffic (docs/predictor.md): set learning.request_log to the
+    # service's request_log to turn it on.
+    learning: LearningConfig = field(default_factory=LearningConfig)
 
     def __post_init__(self) -> None:
         SCORERS.check(self.scorer)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -66,7 +67,7 @@ class PredictorActorScorer:
 
         self.settings = settings
         self._start = lambda: start_predictor_actor(
-            PredictorConfig(model_dir=settings.model),
+            PredictorConfig(model_dir=settings.model, learning=settings.learning),
             name=PREDICTOR_ACTOR,
             num_cpus=settings.num_cpus,
             torch_threads=settings.threads,
@@ -77,6 +78,8 @@ class PredictorActorScorer:
         self._reason: str | None = None
         self._failures = 0
         self._retry_at = 0.0
+        self._version: str | None = None  # the predictor version of the last score
+        self._last_swap: str = ""
 
     async def score(self, prompt: str) -> Score:
         if self._reason is not None and time.monotonic() < self._retry_at:
@@ -92,7 +95,20 @@ class PredictorActorScorer:
             logger.warning("predictor back after %d failed calls", self._failures)
         self._reason = "the predictor's model did not load" if prediction.fallback else None
         self._failures = 0
+        if prediction.version != self._version:
+            self._version = prediction.version
+            asyncio.get_running_loop().create_task(self._read_last_swap())
         return Score(prediction.score, prediction.predicted_tokens)
+
+    async def _read_last_swap(self) -> None:
+        """What /status says of the serving version: the swap or rollback that made it."""
+        with contextlib.suppress(Exception):
+            health = await asyncio.wait_for(self._actor.health.remote(), self.settings.deadline_s)
+            served = (health.get("learning") or {}).get("models", {})
+            for model in served.values():
+                events = [e for e in model["last_events"] if e["event"] in ("swap", "rollback")]
+                if events and events[-1]["to"] == self._version:
+                    self._last_swap = json.dumps(events[-1], sort_keys=True)
 
     def _down(self, exc: Exception) -> None:
         from ray.exceptions import ActorDiedError
@@ -115,7 +131,11 @@ class PredictorActorScorer:
                 self._actor = self._start()
 
     def describe(self) -> str:
-        return "predictor actor"
+        if self._version is None:
+            return "predictor actor"
+        return f"predictor actor, version {self._version}" + (
+            f", since {self._last_swap}" if self._last_swap else ""
+        )
 
     def degraded(self) -> str | None:
         return self._reason
