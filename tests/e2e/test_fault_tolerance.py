@@ -132,8 +132,11 @@ def test_scheduler_kill_loses_no_request_and_no_token(url):
     results, took = asyncio.run(load_and_kill(url.http, lambda: kill_9("SchedulerActor"), lengths))
     assert_whole(results, lengths)
     assert took < 15, f"a new request took {took:.1f} s after the scheduler's death"
-    after = status()
-    assert after.queued + after.dispatched + after.running == 0
+    # A stream can end at its client before its replica's last report reaches the scheduler.
+    deadline = time.monotonic() + 10
+    while (after := status()).queued + after.dispatched + after.running:
+        assert time.monotonic() < deadline, f"requests left in flight: {after}"
+        time.sleep(0.2)
     assert all(r.alive for r in after.replicas)
 
 
