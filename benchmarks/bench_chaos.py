@@ -73,18 +73,24 @@ class Phase:
     note: str = ""
 
 
-async def one_request(client: httpx.AsyncClient, phase: Phase, rng: random.Random) -> None:
-    n = rng.randint(32, 160)
-    out = Outcome(phase.kind, n)
-    phase.outcomes.append(out)
-    body = {
+def forced_stream(rng: random.Random, max_tokens: int) -> dict:
+    """A streamed completion of exactly `max_tokens` tokens (ignore_eos), with a random prompt
+    and usage at its end, so that every token can be counted."""
+    return {
         "model": MODEL,
         "prompt": f"request {rng.random():.6f} " * rng.randint(1, 20),
-        "max_tokens": n,
+        "max_tokens": max_tokens,
         "ignore_eos": True,
         "stream": True,
         "stream_options": {"include_usage": True},
     }
+
+
+async def one_request(client: httpx.AsyncClient, phase: Phase, rng: random.Random) -> None:
+    n = rng.randint(32, 160)
+    out = Outcome(phase.kind, n)
+    phase.outcomes.append(out)
+    body = forced_stream(rng, n)
     try:
         async with client.stream("POST", "/v1/completions", json=body) as r:
             if r.status_code != 200:

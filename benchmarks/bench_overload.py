@@ -29,13 +29,12 @@ import psutil
 import ray
 from tqdm import tqdm
 
+from benchmarks.bench_chaos import forced_stream
 from benchmarks.report import update_section
 from cluster.config import AdmissionConfig
 from serve_app import launcher
 from serve_app.config import ServeConfig
 from serve_app.serve_cli import one_core_each
-
-MODEL = "rankserve-tiny-llama"
 
 
 @dataclass
@@ -61,14 +60,7 @@ async def one(client: httpx.AsyncClient, rng: random.Random, out: list[Result]) 
     n = rng.randint(32, 160)
     result = Result(expected=n)
     out.append(result)
-    body = {
-        "model": MODEL,
-        "prompt": f"request {rng.random():.6f} " * rng.randint(1, 20),
-        "max_tokens": n,
-        "ignore_eos": True,
-        "stream": True,
-        "stream_options": {"include_usage": True},
-    }
+    body = forced_stream(rng, n)
     t0 = time.monotonic()
     try:
         async with client.stream("POST", "/v1/completions", json=body) as r:
