@@ -254,7 +254,7 @@ class Scheduler:
         no longer has on that replica (moved on after the replica was dropped), is ignored:
         reports can arrive late."""
         ended: list[Request] = []
-        here = events.replica_id
+        here, backlogged = events.replica_id, bool(self.queue)
         for rid in events.preempted:
             if (request := self._active(rid, here)) is not None:
                 self._preempted(request)
@@ -284,7 +284,7 @@ class Scheduler:
                 self.fail(rid, error)
                 ended.append(request)
         finished = sum(r.state is RequestState.FINISHED for r in ended)
-        self.rate.record(now, tokens, finished)
+        self.rate.record(now, tokens, finished, backlogged)
         view = self._replicas.get(events.replica_id)
         if events.load is not None and view is not None:
             view.reported_free_blocks = events.load.free_kv_blocks

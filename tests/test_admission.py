@@ -13,9 +13,10 @@ from hypothesis import strategies as st
 from cluster.admission import ShedReason
 from cluster.clock import VirtualClock
 from cluster.config import AdmissionConfig, EngineConfig, PolicyConfig, SchedulerConfig
-from cluster.events import EngineEvents
+from cluster.events import EngineEvents, FinishReason
 from cluster.request import Request, RequestState
 from cluster.scheduler import Scheduler
+from cluster.service_rate import ServiceRate
 from cluster.sim.simulator import SimulationConfig, simulate
 from tests.sim_audit import Ledger
 from tests.test_properties import PROFILE, fast, scenarios
@@ -62,14 +63,40 @@ def test_predicted_lengths_make_the_wait_estimate():
     core, clock = scheduler(max_queue_wait_s=10.0)
     core.add_replica("a", max_num_seqs=1, total_kv_blocks=1000, block_size=16)
     core.admit(req(0, max_tokens=2000))
+    core.admit(req(1, max_tokens=2000, predicted_tokens=50.0))  # waits: the rate is capacity
     (first,) = core.schedule()
     for step in range(1, 11):
         clock.advance_to(float(step))
         core.apply(EngineEvents("a", started=["r0"], tokens={"r0": 100}))
     # Short predicted answers under a large max_tokens: 9 x 50 tokens is ~5 s of work.
-    for i in range(1, 10):
+    for i in range(2, 10):
         assert core.admit(req(i, max_tokens=2000, predicted_tokens=50.0)) is None
     assert core.admit(req(10, max_tokens=2000)) is not None  # 2000 tokens more: too long
+
+
+def test_a_trickle_does_not_make_a_burst_look_slow():
+    """Light traffic is served as it comes: what the engines produce then is the demand, not
+    what they can do, so a burst after it is admitted on the count bound alone."""
+    core, clock = scheduler(max_queue_wait_s=10.0)
+    core.add_replica("a", max_num_seqs=4, total_kv_blocks=1000, block_size=16)
+    for i in range(20):  # one 2-token answer every 0.5 s, never a queue
+        clock.advance_to(0.5 * i)
+        core.admit(req(i, max_tokens=2))
+        core.schedule()
+        ended = {f"r{i}": FinishReason.LENGTH}
+        core.apply(EngineEvents("a", started=[f"r{i}"], tokens={f"r{i}": 2}, ended=ended))
+    assert all(core.admit(req(100 + i)) is None for i in range(30))  # 3000 tokens at once
+
+
+def test_the_rate_counts_only_time_with_a_queue():
+    rate = ServiceRate(window_s=60.0)
+    rate.record(0.0, tokens=10, backlogged=False)
+    rate.record(30.0, tokens=10, backlogged=True)  # 30 s idle before the queue formed
+    assert rate.tokens_per_s(30.0) is None
+    for t in range(31, 36):  # then 100 tokens a second with requests waiting
+        rate.record(float(t), tokens=100, completions=2, backlogged=True)
+    assert rate.tokens_per_s(35.0) == pytest.approx(100.0)
+    assert rate.completions_per_s(35.0) == pytest.approx(2.0)
 
 
 def test_a_scorer_that_predicts_too_short_cannot_let_the_queue_grow():
