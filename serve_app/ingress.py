@@ -19,7 +19,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
 
-from cluster.runtime.scheduler_actor import get_or_create
+from cluster.runtime.scheduler_handle import get_or_create
 from predictor_actor.request_log import RequestLogEntry, RequestLogWriter
 from serve_app import openai_protocol as oa
 from serve_app.config import ServeConfig

@@ -12,7 +12,8 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from cluster.config import EngineConfig, PolicyConfig, SchedulerConfig  # noqa: E402
-from cluster.runtime.scheduler_actor import SchedulerActor, scheduler_actor_options  # noqa: E402
+from cluster.runtime.scheduler_actor import SchedulerActor  # noqa: E402
+from cluster.runtime.scheduler_handle import scheduler_actor_options  # noqa: E402
 from cluster.runtime.spec import ReplicaConfig, replica_specs  # noqa: E402
 from serve_app.generation import GenerationInput, GenerationPath, GenerationRecord  # noqa: E402
 from serve_app.scoring import HeuristicScorer  # noqa: E402

@@ -90,27 +90,40 @@ class ReplicaFleet:
         self._health: asyncio.Task | None = None
         self._owner = owner
 
+    async def attach_live(self) -> list[str]:
+        """Reattach to the configured replicas that are running (under a restarted scheduler),
+        each bounded by the health timeout; start nothing. Returns the replica ids attached."""
+        specs = [s for s in self.specs.values() if s.replica_id not in self.handles]
+        found = await asyncio.gather(*(self._attach(spec) for spec in specs))
+        for spec, live in zip(specs, found, strict=True):
+            if live is not None:
+                self._up(spec, *live)
+        return [spec.replica_id for spec, live in zip(specs, found, strict=True) if live]
+
     async def start(self) -> list[ReplicaInfo]:
         """Start every configured replica that is not running yet (in parallel); idempotent.
         Returns the capacities of the replicas now serving."""
         for replica_id, spec in self.specs.items():
             if replica_id not in self.handles and replica_id not in self._starting:
                 self._starting[replica_id] = asyncio.create_task(self._start_replica(spec))
-        pending = list(self._starting.values())
-        if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
         if self._health is None:
             self._health = asyncio.create_task(self._health_loop())
+        await self.settle()
         return list(self.infos.values())
 
     async def _start_replica(self, spec: ReplicaSpec) -> None:
         try:
-            handle, snapshot = await self._attach_or_create(spec)
+            live = await self._attach(spec)
+            handle = live[0] if live else await self._create(spec)
+            snapshot = live[1] if live else await handle.snapshot.remote()
         except Exception:
             logger.exception("replica %s failed to start", spec.replica_id)
             raise
         finally:
             self._starting.pop(spec.replica_id, None)
+        self._up(spec, handle, snapshot)
+
+    def _up(self, spec: ReplicaSpec, handle: Any, snapshot: ReplicaSnapshot) -> None:
         self.handles[spec.replica_id] = handle
         self.infos[spec.replica_id] = snapshot.info
         self.loads[spec.replica_id] = snapshot.load
@@ -118,32 +131,30 @@ class ReplicaFleet:
         logger.info("replica %s up: %s", spec.replica_id, snapshot.info)
         self._on_up(snapshot)
 
-    async def _attach_or_create(self, spec: ReplicaSpec) -> tuple[Any, ReplicaSnapshot]:
+    async def _attach(self, spec: ReplicaSpec) -> tuple[Any, ReplicaSnapshot] | None:
         """The live replica of that name if it has these settings (a scheduler restarted under
-        it), else a new one."""
+        it); None when there is none, or after killing one that differs or does not answer."""
         name = replica_actor_name(spec.replica_id)
         try:
             handle = ray.get_actor(name, namespace=NAMESPACE)
         except ValueError:
-            handle = None
-        if handle is not None:
-            try:
-                snapshot = await asyncio.wait_for(handle.snapshot.remote(), self.HEALTH_TIMEOUT_S)
-                if snapshot.spec == spec:
-                    logger.info(
-                        "replica %s reattached, serving %d requests",
-                        spec.replica_id,
-                        len(snapshot.dispatches),
-                    )
-                    return handle, snapshot
-                why = "its settings differ"
-            except Exception as exc:  # noqa: BLE001 - any failure to answer means replace it
-                why = f"it does not answer ({type(exc).__name__})"
-            logger.warning("replacing the running replica %s: %s", spec.replica_id, why)
-            with contextlib.suppress(Exception):
-                ray.kill(handle)
-        handle = await self._create(spec)
-        return handle, await handle.snapshot.remote()
+            return None
+        try:
+            snapshot = await asyncio.wait_for(handle.snapshot.remote(), self.HEALTH_TIMEOUT_S)
+            if snapshot.spec == spec:
+                logger.info(
+                    "replica %s reattached, serving %d requests",
+                    spec.replica_id,
+                    len(snapshot.dispatches),
+                )
+                return handle, snapshot
+            why = "its settings differ"
+        except Exception as exc:  # noqa: BLE001 - any failure to answer means replace it
+            why = f"it does not answer ({type(exc).__name__})"
+        logger.warning("replacing the running replica %s: %s", spec.replica_id, why)
+        with contextlib.suppress(Exception):
+            ray.kill(handle)
+        return None
 
     async def _create(self, spec: ReplicaSpec) -> Any:
         cls = ray.remote(EngineReplica)
@@ -185,7 +196,7 @@ class ReplicaFleet:
     async def settle(self) -> None:
         """Wait for the replicas being started now."""
         if self._starting:
-            await asyncio.gather(*self._starting.values(), return_exceptions=True)
+            await asyncio.gather(*list(self._starting.values()), return_exceptions=True)
 
     async def scale(self, num_replicas: int) -> list[str]:
         """Grow or shrink the fleet; removed replicas hand their requests back to the queue

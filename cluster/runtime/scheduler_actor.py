@@ -18,8 +18,6 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections import OrderedDict
-from typing import Any
 
 import ray
 
@@ -28,9 +26,9 @@ from cluster.clock import WallClock
 from cluster.config import AdmissionConfig, PolicyConfig, SchedulerConfig
 from cluster.request import Request
 from cluster.runtime.autoscaling import FleetAutoscaling
+from cluster.runtime.ended import EndedRequests
 from cluster.runtime.fleet import ReplicaFleet
 from cluster.runtime.leases import IngressLeases
-from cluster.runtime.names import NAMESPACE, SCHEDULER_ACTOR
 from cluster.runtime.protocol import (
     DispatchState,
     ReplicaInfo,
@@ -49,11 +47,10 @@ CLIENT_GONE = "client gone"
 
 
 class SchedulerActor:
-    """Ray actor (create with `scheduler_actor_options()`; see `get_or_create`)."""
+    """Ray actor (created by cluster.runtime.scheduler_handle)."""
 
     # An ingress renews its lease every second or so; past this, its requests are aborted.
     INGRESS_LEASE_S = 5.0
-    ENDED_MEMORY = 10_000  # ended request ids remembered, so a late call is answered, not revived
 
     def __init__(
         self, config: SchedulerConfig, replicas: list[ReplicaSpec], replace_dead: bool = True
@@ -70,9 +67,9 @@ class SchedulerActor:
         self._waiters: dict[str, asyncio.Future] = {}
         self._report_seq: dict[str, int] = {}  # replica -> last report applied
         self._leases = IngressLeases(self.INGRESS_LEASE_S)
-        # request id -> why it ended (and the refusal, when admission control ended it)
-        self._ended: OrderedDict[str, tuple[str, Refusal | None]] = OrderedDict()
+        self._ended = EndedRequests()
         self._booted = asyncio.Event()
+        self._boot_began = False
         ray.get_runtime_context().current_actor.boot.remote()
         self._lease_task: asyncio.Task | None = None
 
@@ -85,16 +82,29 @@ class SchedulerActor:
         must not reach a core that has not yet learned what the replicas run."""
         await self._booted.wait()
 
+    @ray.method(max_task_retries=-1)
     async def boot(self) -> None:
-        """Attach to (or start) the replicas, then let every waiting call in. Called once, by
-        the actor itself as it is created: Ray cancels the calls a call made when that call is
-        cancelled (a caller that timed out), and the fleet's start must not go with it."""
+        """Attach to the live replicas, let every waiting call in, then start the missing ones
+        (a restarted scheduler serves with what it found meanwhile). Called by the actor itself
+        as it is created: Ray cancels the calls of a call that is cancelled (a caller timed
+        out), and the fleet's start must not go with it. Retried: a restarted actor's call to
+        itself can be refused while Ray still has it as restarting (and every call would then
+        wait for ever); the retries of a call that did get through change nothing."""
+        if self._boot_began:
+            return
+        self._boot_began = True
+        began = time.monotonic()
         try:
-            await self.fleet.adopt_running()
-            await self.fleet.start()
+            adopted = await self.fleet.adopt_running()
+            attached = await self.fleet.attach_live()
         finally:
             self._lease_task = asyncio.create_task(self._lease_loop())
             self._booted.set()
+        took, live = time.monotonic() - began, len(attached)
+        logger.info(
+            "scheduler up in %.1f s: %d live replicas (%d adopted)", took, live, len(adopted)
+        )
+        await self.fleet.start()
         if self.config.autoscaling.enabled:
             scaling = FleetAutoscaling(self.config.autoscaling, self._core, self.fleet)
             self._autoscaling_task = asyncio.create_task(scaling.run())
@@ -293,7 +303,10 @@ class SchedulerActor:
         except UnknownRequest:
             known = None
         if known is not None:
-            if known.replica_id != replica_id:
+            # A report of an older dispatch (taken before its caller moved on and delivered
+            # after) is stale: the caller follows the newer one, and the counts are put right
+            # by the caller's `delivered` at its next dispatch.
+            if known.replica_id != replica_id and state.dispatch_no >= known.num_dispatches:
                 logger.warning("%s runs on %s too; aborting it there", rid, replica_id)
                 handle = self.fleet.handles.get(replica_id)
                 if handle is not None:
@@ -337,9 +350,7 @@ class SchedulerActor:
         self._tickets.pop(rid, None)
         self._leases.forget(rid)
         why = request.error or "ended"
-        self._ended[rid] = (why, request.refusal)
-        while len(self._ended) > self.ENDED_MEMORY:
-            self._ended.popitem(last=False)
+        self._ended.remember(rid, why, request.refusal)
         future = self._waiters.pop(rid, None)
         if future is not None and not future.done():
             refusal = request.refusal
@@ -365,32 +376,3 @@ class SchedulerActor:
         # the queue by admission control: answer them now.
         for request in self._core.take_rejected():
             self._forget(request)
-
-
-def scheduler_actor_options(detached: bool = True) -> dict[str, Any]:
-    """Named, one per cluster; detached so that it outlives any one ingress replica; restarted
-    by Ray when it dies (it rebuilds its state, see the module's docstring). Calls in flight at
-    a death fail and their callers retry: Ray retrying them would run them twice."""
-    opts: dict[str, Any] = {
-        "name": SCHEDULER_ACTOR,
-        "namespace": NAMESPACE,
-        "get_if_exists": True,
-        "num_cpus": 0,
-        "max_concurrency": 100_000,
-        "max_restarts": -1,
-        "max_task_retries": 0,
-    }
-    if detached:
-        opts["lifetime"] = "detached"
-    return opts
-
-
-def get_or_create(
-    config: SchedulerConfig, replicas: list[ReplicaSpec], detached: bool = True
-) -> Any:
-    """The cluster's scheduler actor: the existing one if any, else a new one."""
-    return (
-        ray.remote(SchedulerActor)
-        .options(**scheduler_actor_options(detached))
-        .remote(config, replicas)
-    )
