@@ -63,10 +63,13 @@ def start(
     from ray.serve.config import gRPCOptions
 
     from serve_app.app import APP_NAME, GRPC_SERVICER, build_app
+    from serve_app.grpc_bind import proxy_env
 
     serve.start(
         http_options={"host": host, "port": http_port},
         grpc_options=gRPCOptions(port=grpc_port, grpc_servicer_functions=[GRPC_SERVICER]),
+        # The proxies, started by the controller, inherit its environment: gRPC on `host` too.
+        controller_options={"runtime_env": {"env_vars": proxy_env(host)}},
     )
     serve.run(build_app(settings), name=APP_NAME, route_prefix="/", blocking=False)
     endpoints = Endpoints(f"http://{host}:{http_port}", f"{host}:{grpc_port}")
