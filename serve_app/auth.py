@@ -40,6 +40,14 @@ def bearer_token(authorization: str | None) -> str | None:
     return token if scheme.lower() == "bearer" and token else None
 
 
+def a_key(settings: AuthSettings, environ: Mapping[str, str] = os.environ) -> str | None:
+    """One key the service takes (for the launcher's own readiness checks); None if open."""
+    keys = [*settings.api_keys, *environ.get(settings.api_key_env, "").split(",")]
+    if settings.api_key_file:
+        keys += read_key_file(Path(settings.api_key_file).expanduser())
+    return next((k.strip() for k in keys if k.strip()), None)
+
+
 class APIKeys:
     def __init__(self, settings: AuthSettings, environ: Mapping[str, str] = os.environ) -> None:
         from_env = [k.strip() for k in environ.get(settings.api_key_env, "").split(",")]

@@ -14,7 +14,7 @@ import logging
 import os
 from typing import Any
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("ray.serve")  # the proxy's own log file
 
 HOST_VAR = "RANKSERVE_GRPC_HOST"
 CALLBACK_VAR = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
