@@ -241,6 +241,20 @@ def test_grpc_errors_are_short_messages(stub):
             assert "Traceback" not in details and len(details) < 400, details
 
 
+def test_a_grpc_request_that_is_not_utf_8_is_refused_in_a_line(service):
+    """Protobuf strings must be UTF-8; raw bytes that break that fail to decode in Serve, not in
+    rankserve's code: the client still gets a status and no traceback."""
+    model = MODEL.encode()
+    raw = b"\x0a" + bytes([len(model)]) + model + b"\x12\x02\xff\xfe"  # model, prompt
+    with grpc.insecure_channel(service.grpc) as channel:
+        call = channel.unary_unary("/rankserve.v1.RankServe/Generate")
+        with pytest.raises(grpc.RpcError) as info:
+            call(raw, metadata=GRPC_AUTH, timeout=30)
+    details = info.value.details() or ""
+    print(f"non-UTF-8 gRPC request: {info.value.code()}: {details[:500]}")
+    assert "Traceback" not in details and len(details) < 400, details
+
+
 def test_limits_before_any_work(http):
     json_auth = {**AUTH, "content-type": "application/json"}
     for content_type in ("text/plain", None):
