@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 from cluster.policies import POLICIES
@@ -93,7 +94,11 @@ def serve_settings(args: argparse.Namespace, device: str) -> dict[str, Any]:
             "work_dir": args.work_dir,
         },
         "predictor": {"scorer": args.scorer, "model": args.predictor_model},
-        "auth": {"api_keys": args.api_key, "api_key_file": args.api_key_file},
+        "auth": {
+            "api_keys": args.api_key,
+            # absolute: the ingress runs in a Ray worker, in another directory
+            "api_key_file": str(Path(args.api_key_file).resolve()) if args.api_key_file else None,
+        },
         "limits": {"max_body_bytes": args.max_body_bytes},
     }
     if args.model:
