@@ -57,6 +57,8 @@ class APIKeys:
         self._file_stamp: tuple[int, int, int] | None = None
         # A configured key file turns keys on even while it is empty: then nothing gets in.
         self.enabled = bool(self._fixed) or self._file is not None
+        if not self.enabled:  # a warning, so that it shows at Ray's default log level
+            logger.warning("API keys off: no key configured, every endpoint is open")
         if self._file is not None:
             self._file.stat()  # a missing file is a deployment error, raised here
             self._refresh()
