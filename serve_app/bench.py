@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import dataclasses
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -158,7 +159,9 @@ async def replay(
 
     run = LiveRun(policy, summarize([]), [], {}, [])
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
-    async with httpx.AsyncClient(base_url=url, limits=limits) as client:
+    key = os.environ.get("RANKSERVE_API_KEY")  # a service with API keys on
+    headers = {"authorization": f"Bearer {key}"} if key else None
+    async with httpx.AsyncClient(base_url=url, limits=limits, headers=headers) as client:
         start = time.monotonic() + 0.5  # every task is waiting before the first arrival
         tasks = [asyncio.create_task(_one(client, model, it, start, timeout, run)) for it in items]
         bar = tqdm(total=len(tasks), desc=f"{policy}", disable=not progress, file=sys.stderr)

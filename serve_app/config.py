@@ -39,6 +39,39 @@ class PredictorSettings:
             raise ValueError("predictor.deadline_s must be > 0")
 
 
+@dataclass(frozen=True, slots=True)
+class AuthSettings:
+    """API keys (serve_app/auth.py). None configured: every endpoint is open (logged at start)."""
+
+    # Keys set here travel in the app's settings, which cluster operators can read: prefer
+    # api_key_file or the environment variable.
+    api_keys: tuple[str, ...] = field(default=(), repr=False)
+    api_key_file: str | None = None  # one key a line, '#' comments; re-read when it changes
+    api_key_env: str = "RANKSERVE_API_KEYS"  # comma-separated keys in the ingress's environment
+
+    def __post_init__(self) -> None:
+        if any(not k.strip() for k in self.api_keys):
+            raise ValueError("auth.api_keys: an API key cannot be empty")
+
+
+@dataclass(frozen=True, slots=True)
+class LimitSettings:
+    """What a request may be, checked before any work (serve_app/limits.py)."""
+
+    max_body_bytes: int = 4 * 1024 * 1024  # 413 past this
+    max_header_bytes: int = 64 * 1024  # 431 past this (all names and values together)
+    max_json_depth: int = 32  # 400 for a body nested deeper
+    # The most characters one token can stand for: a prompt longer than this times the context
+    # is refused before it is tokenized. None: the tokenizer's longest token.
+    max_chars_per_token: int | None = None
+
+    def __post_init__(self) -> None:
+        if min(self.max_body_bytes, self.max_header_bytes, self.max_json_depth) < 1:
+            raise ValueError("limits: max_body_bytes, max_header_bytes, max_json_depth >= 1")
+        if self.max_chars_per_token is not None and self.max_chars_per_token < 1:
+            raise ValueError("limits.max_chars_per_token must be >= 1")
+
+
 def _serving_scheduler() -> SchedulerConfig:
     # A service answers overload with 429 at once rather than with minutes of queue.
     return SchedulerConfig(admission=AdmissionConfig(max_queued=1024, max_queue_wait_s=30.0))
@@ -63,6 +96,8 @@ class ServeConfig:
     scheduler: SchedulerConfig = field(default_factory=_serving_scheduler)
     replica: ReplicaConfig = field(default_factory=ReplicaConfig)
     predictor: PredictorSettings = field(default_factory=PredictorSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    limits: LimitSettings = field(default_factory=LimitSettings)
 
     def __post_init__(self) -> None:
         if self.num_replicas < 1:

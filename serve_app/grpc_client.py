@@ -2,12 +2,13 @@
 
 python -m serve_app.grpc_client --target 127.0.0.1:9000 --prompt "def fib(n):"
 python -m serve_app.grpc_client --stream --max-tokens 64 --prompt "Once upon a time"
-python -m serve_app.grpc_client --health
+python -m serve_app.grpc_client --health --api-key KEY   (or RANKSERVE_API_KEY=KEY)
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import grpc
@@ -19,13 +20,9 @@ from serve_app.proto import rankserve_pb2_grpc as pb_grpc
 APPLICATION_METADATA = (("application", "rankserve"),)
 
 
-def generate(stub: pb_grpc.RankServeStub, request: pb.GenerateRequest) -> pb.GenerateReply:
-    return stub.Generate(request, metadata=APPLICATION_METADATA)
-
-
-def generate_stream(stub: pb_grpc.RankServeStub, request: pb.GenerateRequest):
-    """Yield the answer's chunks as they are generated."""
-    yield from stub.GenerateStream(request, metadata=APPLICATION_METADATA)
+def metadata(api_key: str | None) -> tuple[tuple[str, str], ...]:
+    auth = (("authorization", f"Bearer {api_key}"),) if api_key else ()
+    return APPLICATION_METADATA + auth
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,13 +34,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-tokens", type=int, default=32)
     p.add_argument("--stream", action="store_true")
     p.add_argument("--health", action="store_true")
+    p.add_argument("--api-key", default=os.environ.get("RANKSERVE_API_KEY"))
     args = p.parse_args(argv)
+    meta = metadata(args.api_key)
 
     with grpc.insecure_channel(args.target) as channel:
         stub = pb_grpc.RankServeStub(channel)
         try:
             if args.health:
-                print(stub.Health(pb.HealthRequest(), metadata=APPLICATION_METADATA))
+                print(stub.Health(pb.HealthRequest(), metadata=meta))
                 return 0
             request = pb.GenerateRequest(model=args.model, max_tokens=args.max_tokens)
             if args.chat:
@@ -51,12 +50,12 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 request.prompt = args.prompt
             if args.stream:
-                for chunk in generate_stream(stub, request):
+                for chunk in stub.GenerateStream(request, metadata=meta):
                     print(chunk.text, end="", flush=True)
                     if chunk.finish_reason:
                         print(f"\n[finish_reason: {chunk.finish_reason}]")
             else:
-                reply = generate(stub, request)
+                reply = stub.Generate(request, metadata=meta)
                 print(reply.text)
                 print(
                     f"[finish_reason: {reply.finish_reason}, "

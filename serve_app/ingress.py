@@ -22,7 +22,9 @@ from ray import serve
 from cluster.runtime.scheduler_handle import get_or_create
 from predictor_actor.request_log import RequestLogEntry, RequestLogWriter
 from serve_app import openai_protocol as oa
+from serve_app.auth import APIKeys
 from serve_app.config import ServeConfig
+from serve_app.front_door import FrontDoor, FrontDoorMiddleware
 from serve_app.generation import (
     GenerationFailed,
     GenerationInput,
@@ -38,7 +40,19 @@ logger = logging.getLogger(__name__)
 STATUS_TIMEOUT_S = 5.0
 _REFUSAL_TYPES = {429: "rate_limit_error", 408: "timeout_error"}  # OpenAI error types
 
-api = FastAPI(title="rankserve", description="OpenAI-compatible LLM serving with global ranking")
+
+def _replica_front_door() -> FrontDoor:
+    return serve.get_replica_context().servable_object.front_door
+
+
+# No /docs or /redoc: they load their scripts from a CDN. /openapi.json stays, behind the key.
+api = FastAPI(
+    title="rankserve",
+    description="OpenAI-compatible LLM serving with global ranking",
+    docs_url=None,
+    redoc_url=None,
+)
+api.add_middleware(FrontDoorMiddleware, resolve=_replica_front_door)
 
 
 # Helpers used by the deployment are defined above it: Serve pickles the deployment class when
@@ -55,6 +69,7 @@ def _grpc_error(context: Any, e: oa.APIError) -> None:
 
     codes = {
         400: grpc.StatusCode.INVALID_ARGUMENT,
+        401: grpc.StatusCode.UNAUTHENTICATED,
         404: grpc.StatusCode.NOT_FOUND,
         408: grpc.StatusCode.DEADLINE_EXCEEDED,
         429: grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -73,6 +88,7 @@ class Ingress:
         from transformers import AutoTokenizer
 
         self.config = ServeConfig.from_dict(config)
+        self.front_door = FrontDoor(APIKeys(self.config.auth), self.config.limits)
         self.inputs = RequestInputs(self.config, AutoTokenizer.from_pretrained(self.config.model))
         self.created = int(time.time())
         self.scheduler = get_or_create(self.config.scheduler, self.config.replica_specs())
@@ -90,9 +106,10 @@ class Ingress:
             else None
         )
         logger.info(
-            "ingress up: scorer=%s, policy=%s",
+            "ingress up: scorer=%s, policy=%s, API keys %s",
             scorer.describe(),
             self.config.scheduler.policy.name,
+            self.front_door.keys.describe(),
         )
 
     # ---- shared -----------------------------------------------------------------------------
@@ -116,7 +133,7 @@ class Ingress:
                     str(e), e.status, kind, code=e.code, retry_after_s=after
                 ) from None
             raise oa.APIError(
-                f"Generation failed: {e}", e.status, "server_error", code=e.code
+                f"Generation failed: {oa.short(str(e))}", e.status, "server_error", code=e.code
             ) from None
         except Exception:
             logger.exception("%s: internal error", inp.request_id)
@@ -215,10 +232,10 @@ class Ingress:
         chat: bool,
     ) -> Any:
         try:
-            body = oa.parse_body(await request.body(), body_type)
-            if body.slo is None:  # the class may come as a header instead of a body field
-                body.slo = request.headers.get(SLO_HEADER)
-            inp = to_input(body)
+            raw = await request.body()
+            body, inp = await self.inputs.from_http(
+                raw, body_type, to_input, request.headers.get(SLO_HEADER)
+            )
         except oa.APIError as e:
             return _error(e)
         record = GenerationRecord(prompt_tokens=len(inp.prompt_token_ids))
@@ -289,7 +306,8 @@ class Ingress:
 
     async def Generate(self, request: pb.GenerateRequest, grpc_context: Any) -> pb.GenerateReply:
         try:
-            inp = self.inputs.grpc(request)
+            self.front_door.check_grpc(grpc_context)
+            inp = await self.inputs.from_grpc(request)
         except oa.APIError as e:
             _grpc_error(grpc_context, e)
             return pb.GenerateReply()
@@ -316,7 +334,8 @@ class Ingress:
     ) -> AsyncIterator[pb.GenerateChunk]:
         # A streaming call keeps the status set on its context only if it then raises.
         try:
-            inp = self.inputs.grpc(request)
+            self.front_door.check_grpc(grpc_context)
+            inp = await self.inputs.from_grpc(request)
         except oa.APIError as e:
             _grpc_error(grpc_context, e)
             raise
@@ -332,9 +351,15 @@ class Ingress:
 
     async def Health(self, request: pb.HealthRequest, grpc_context: Any) -> pb.HealthReply:
         try:
+            self.front_door.check_grpc(grpc_context)
+        except oa.APIError as e:
+            _grpc_error(grpc_context, e)
+            return pb.HealthReply(ready=False)
+        try:
             status = await self._status()
         except Exception as e:  # noqa: BLE001
-            _grpc_error(grpc_context, oa.APIError(f"scheduler unavailable: {e}", 503))
+            error = oa.APIError(f"scheduler unavailable: {type(e).__name__}", 503)
+            _grpc_error(grpc_context, error)
             return pb.HealthReply(ready=False)
         return pb.HealthReply(
             ready=status.ready,

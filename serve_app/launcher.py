@@ -63,26 +63,33 @@ def start(
     from ray.serve.config import gRPCOptions
 
     from serve_app.app import APP_NAME, GRPC_SERVICER, build_app
+    from serve_app.auth import a_key
+    from serve_app.config import ServeConfig
+    from serve_app.grpc_bind import proxy_env
 
     serve.start(
         http_options={"host": host, "port": http_port},
         grpc_options=gRPCOptions(port=grpc_port, grpc_servicer_functions=[GRPC_SERVICER]),
+        # The proxies, started by the controller, inherit its environment: gRPC on `host` too.
+        controller_options={"runtime_env": {"env_vars": proxy_env(host)}},
     )
     serve.run(build_app(settings), name=APP_NAME, route_prefix="/", blocking=False)
     endpoints = Endpoints(f"http://{host}:{http_port}", f"{host}:{grpc_port}")
-    wait_ready(endpoints.http + "/ready", ready_timeout)
+    key = a_key(ServeConfig.from_dict({"model": "-", **settings}).auth)
+    headers = {"authorization": f"Bearer {key}"} if key else None
+    wait_ready(endpoints.http + "/ready", ready_timeout, headers)
     return endpoints
 
 
-def wait_ready(url: str, timeout: float) -> None:
-    """Until every engine replica is up (GET /ready says so)."""
+def wait_ready(url: str, timeout: float, headers: dict[str, str] | None = None) -> None:
+    """Until every engine replica is up (GET /ready says so; `headers` carry an API key)."""
     import httpx
 
     deadline = time.monotonic() + timeout
     last = "no answer"
     while time.monotonic() < deadline:
         try:
-            r = httpx.get(url, timeout=5)
+            r = httpx.get(url, timeout=5, headers=headers)
             if r.status_code == 200 and r.json()["replicas_up"] == r.json()["replicas"]:
                 return
             last = r.text

@@ -8,7 +8,9 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+MAX_STOP = 16  # stop strings a request may give (each is checked at every step)
 
 
 class APIError(Exception):
@@ -47,6 +49,13 @@ class APIError(Exception):
         }
 
 
+def short(text: str, limit: int = 300) -> str:
+    """An internal error's text as a client may see it: its first line, bounded (a Ray error's
+    text carries a traceback with paths, pids and addresses)."""
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
 def model_not_found(name: str) -> APIError:
     return APIError(
         f"The model `{name}` does not exist.",
@@ -70,14 +79,24 @@ class _Body(BaseModel):
     stream: bool = False
     stream_options: dict[str, Any] | None = None
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0, lt=2**64)  # what the engines' generators take
     user: str | None = None
     # vLLM's extension: keep generating past end-of-sequence (benchmarks force true lengths).
     ignore_eos: bool = False
     # rankserve's extensions (kept on the request for SLO-aware policies).
     slo: str | None = None
     tenant: str | None = None
-    priority: int | None = None
+    priority: int | None = Field(None, ge=-(2**31), lt=2**31)
+
+    @field_validator("stop")
+    @classmethod
+    def _stops_are_text(cls, stop: str | list[str] | None) -> str | list[str] | None:
+        stops = [stop] if isinstance(stop, str) else stop or []
+        if any(not s for s in stops):
+            raise ValueError("a stop string cannot be empty")
+        if len(stops) > MAX_STOP:
+            raise ValueError(f"at most {MAX_STOP} stop strings")
+        return stop
 
     def stop_list(self) -> tuple[str, ...]:
         if self.stop is None:
@@ -121,13 +140,19 @@ class ChatBody(_Body):
 
 def parse_body(raw: bytes, model: type[_Body]) -> _Body:
     """Parse and validate a JSON body, turning every problem into a 400 APIError."""
+    return validate_dict(load_json(raw), model)
+
+
+def load_json(raw: bytes) -> dict[str, Any]:
     try:
         data = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise APIError(f"The request body is not valid JSON: {e}") from None
+    except RecursionError:  # the parser's own bound, far above serve_app.limits' depth limit
+        raise APIError("The request body is nested too deeply.", code="too_deeply_nested") from None
     if not isinstance(data, dict):
         raise APIError("The request body must be a JSON object.")
-    return validate_dict(data, model)
+    return data
 
 
 def validate_dict(data: dict[str, Any], model: type[_Body]) -> _Body:

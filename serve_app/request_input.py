@@ -1,18 +1,28 @@
 """Turning an API request (an OpenAI body, or a gRPC GenerateRequest) into the GenerationInput
-the serving path runs: the model checked, the prompt tokenized (a chat through its template),
-the length limits vLLM enforces checked before anything is queued."""
+the serving path runs: the body's limits checked, the model checked, the prompt tokenized (a
+chat through its template), the length limits vLLM enforces checked before anything is queued.
+The async entry points (`from_http`, `from_grpc`) do this work off the event loop."""
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from predictor_actor.text import conversation_prompt
+from serve_app import limits
 from serve_app import openai_protocol as oa
 from serve_app.config import ServeConfig
 from serve_app.generation import GenerationInput
 from serve_app.proto import rankserve_pb2 as pb
 
+logger = logging.getLogger(__name__)
+
 COMPLETION_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
+
+T = TypeVar("T")
 
 
 def check_lengths(prompt_tokens: int, max_tokens: int, max_model_len: int) -> None:
@@ -35,6 +45,61 @@ class RequestInputs:
     def __init__(self, config: ServeConfig, tokenizer: Any) -> None:
         self.config = config
         self.tokenizer = tokenizer
+        per_token = config.limits.max_chars_per_token
+        if per_token is None and tokenizer is not None:
+            per_token = limits.longest_token_chars(tokenizer)
+        self.chars_per_token = per_token
+        # One thread: a fast tokenizer used from two threads at once can fail ("Already
+        # borrowed"), and one bounds the CPU that parsing takes from the ingress.
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="request-input")
+
+    async def _off_loop(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run `fn` on the input thread; anything but an APIError is logged and becomes a 500
+        that says no more than that (never a traceback to the client)."""
+
+        def guarded() -> T:
+            try:
+                return fn(*args)
+            except oa.APIError:
+                raise
+            except Exception:
+                logger.exception("turning a request into an input failed")
+                raise oa.APIError(
+                    "Internal error reading the request; the server has logged it.",
+                    500,
+                    "server_error",
+                    code="internal_error",
+                ) from None
+
+        return await asyncio.get_running_loop().run_in_executor(self._pool, guarded)
+
+    async def from_http(
+        self,
+        raw: bytes,
+        body_type: type[oa._Body],
+        to_input: Callable[[Any], GenerationInput],
+        slo_header: str | None,
+    ) -> tuple[oa._Body, GenerationInput]:
+        def work() -> tuple[oa._Body, GenerationInput]:
+            body = self.parse(raw, body_type)
+            if body.slo is None:  # the class may come as a header instead of a body field
+                body.slo = slo_header
+            return body, to_input(body)
+
+        return await self._off_loop(work)
+
+    async def from_grpc(self, req: pb.GenerateRequest) -> GenerationInput:
+        return await self._off_loop(self.grpc, req)
+
+    def parse(self, raw: bytes, body_type: type[oa._Body]) -> oa._Body:
+        data = oa.load_json(raw)
+        limits.check_json(data, self.config.limits.max_json_depth)
+        return oa.validate_dict(data, body_type)
+
+    def _check_chars(self, chars: int, param: str) -> None:
+        if self.chars_per_token is not None:
+            limit = self.config.engine.max_model_len
+            limits.check_prompt_chars(chars, limit, self.chars_per_token, param)
 
     def check_model(self, name: str) -> None:
         if name != self.config.model_name:
@@ -91,8 +156,11 @@ class RequestInputs:
     def completion(self, body: oa.CompletionBody) -> GenerationInput:
         self.check_model(body.model)
         if isinstance(body.prompt, str):
+            self._check_chars(len(body.prompt), "prompt")
             text, ids = body.prompt, self._encode(body.prompt, chat=False)
         else:
+            if len(body.prompt) >= self.config.engine.max_model_len:  # before decoding them
+                check_lengths(len(body.prompt), 1, self.config.engine.max_model_len)
             vocab = len(self.tokenizer)
             if any(t < 0 or t >= vocab for t in body.prompt):
                 raise oa.APIError(f"Token ids must be in [0, {vocab}).", param="prompt")
@@ -104,6 +172,7 @@ class RequestInputs:
     def chat(self, body: oa.ChatBody) -> GenerationInput:
         self.check_model(body.model)
         messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+        self._check_chars(sum(len(m["content"]) for m in messages), "messages")
         ids = self._encode(self._chat_text(messages), chat=True)
         max_tokens = (
             body.max_completion_tokens

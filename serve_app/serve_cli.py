@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 from cluster.policies import POLICIES
@@ -48,6 +49,21 @@ def register(subparsers: Any, name: str, help_text: str) -> None:
         help="Ray cluster: 'local' starts one (default), 'auto' joins a running one",
     )
     p.add_argument("--host", default="127.0.0.1", help="HTTP and gRPC bind address")
+    p.add_argument(
+        "--api-key",
+        action="append",
+        default=[],
+        help="a key clients must send (Authorization: Bearer KEY; repeat for several). "
+        "Default: none, the service is open (also: RANKSERVE_API_KEYS, --api-key-file)",
+    )
+    p.add_argument(
+        "--api-key-file",
+        default=None,
+        help="file of API keys, one a line, re-read when it changes (rotation)",
+    )
+    p.add_argument(
+        "--max-body-bytes", type=int, default=4 * 1024 * 1024, help="larger bodies get 413"
+    )
     p.add_argument("--http-port", type=int, default=8000)
     p.add_argument("--grpc-port", type=int, default=9000)
     p.add_argument("--work-dir", default="/tmp/rankserve", help="engine caches and temp files")
@@ -78,6 +94,12 @@ def serve_settings(args: argparse.Namespace, device: str) -> dict[str, Any]:
             "work_dir": args.work_dir,
         },
         "predictor": {"scorer": args.scorer, "model": args.predictor_model},
+        "auth": {
+            "api_keys": args.api_key,
+            # absolute: the ingress runs in a Ray worker, in another directory
+            "api_key_file": str(Path(args.api_key_file).resolve()) if args.api_key_file else None,
+        },
+        "limits": {"max_body_bytes": args.max_body_bytes},
     }
     if args.model:
         settings["model"] = args.model
@@ -101,7 +123,12 @@ def python_command() -> str:
     return exe if not exe.startswith("..") else sys.executable
 
 
-def example(host: str, http_port: int, grpc_port: int, model_name: str) -> str:
+def example(host: str, http_port: int, grpc_port: int, model_name: str, keys: bool) -> str:
+    auth = (
+        "API keys are on: add -H 'Authorization: Bearer KEY' (gRPC: --api-key KEY).\n"
+        if keys
+        else "API keys are off: anyone who reaches these ports can use them.\n"
+    )
     return f"""
 rankserve is up.
   HTTP (OpenAI API): http://{host}:{http_port}/v1   (health: /health, readiness: /ready)
@@ -112,7 +139,7 @@ Try:
     -d '{{"model": "{model_name}", "prompt": "def fib(n):", "max_tokens": 32}}'
   {python_command()} -m serve_app.grpc_client --target {host}:{grpc_port} --prompt 'def fib(n):'
 
-Ctrl-C stops it.
+{auth}Ctrl-C stops it.
 """
 
 
@@ -126,7 +153,8 @@ def run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     try:
         launcher.start(serve_settings(args, device), args.host, args.http_port, args.grpc_port)
-        print(example(args.host, args.http_port, args.grpc_port, args.model_name), flush=True)
+        keys = bool(args.api_key or args.api_key_file or os.environ.get("RANKSERVE_API_KEYS"))
+        print(example(args.host, args.http_port, args.grpc_port, args.model_name, keys), flush=True)
         if args.no_wait:
             return 0
         # Installed last: Ray and Serve set their own SIGTERM handlers while starting. SIGINT

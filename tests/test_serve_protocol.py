@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 pytest.importorskip("pydantic")
 
@@ -199,3 +203,126 @@ def test_slo_classes_from_yaml_and_an_unknown_class_is_a_400_listing_the_known_o
 def test_bad_slo_classes_are_refused(classes):
     with pytest.raises(ValueError, match="SLO class"):
         ServeConfig.from_dict({"model": "m", "scheduler.slo": {"classes": classes, "default": "x"}})
+
+
+# ---- the front door's body checks (serve_app/limits.py) and the known 500s -----------------
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"model": "m", "prompt": "x", "stop": ""}, "stop"),
+        ({"model": "m", "prompt": "x", "stop": ["\n", ""]}, "stop"),
+        ({"model": "m", "prompt": "x", "stop": ["s"] * 17}, "stop"),
+        ({"model": "m", "prompt": "x", "seed": 2**70}, "seed"),
+        ({"model": "m", "prompt": "x", "seed": 2**64}, "seed"),
+        ({"model": "m", "prompt": "x", "seed": -1}, "seed"),
+        ({"model": "m", "prompt": "x", "priority": 2**40}, "priority"),
+    ],
+)
+def test_values_the_engines_cannot_take_are_400_naming_the_field(body, param):
+    with pytest.raises(oa.APIError) as info:
+        parse(body)
+    assert (info.value.status, info.value.param) == (400, param)
+
+
+def test_the_largest_seed_and_four_stops_are_taken():
+    body = parse({"model": "m", "prompt": "x", "seed": 2**64 - 1, "stop": ["a", "b", "c", "d"]})
+    assert body.seed == 2**64 - 1 and len(body.stop_list()) == 4
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    pytest.importorskip("transformers")
+    from transformers import AutoTokenizer
+
+    from serve_app.request_input import RequestInputs
+    from serve_app.tiny_model import TinySpec, build_tokenizer
+
+    out = tmp_path_factory.mktemp("tok")
+    build_tokenizer(TinySpec(vocab_size=512, corpus_bytes=100_000), out)
+    cfg = ServeConfig.from_dict(
+        {"model": "m", "model_name": "m", "engine.max_model_len": 256, "default_max_tokens": 64}
+    )
+    return RequestInputs(cfg, AutoTokenizer.from_pretrained(out))
+
+
+@pytest.mark.parametrize(
+    ("raw", "body_type", "param", "code"),
+    [
+        ('{"model": "m", "prompt": "a\\ud800b"}', oa.CompletionBody, "prompt", "invalid_unicode"),
+        (
+            '{"model": "m", "messages": [{"role": "user", "content": "\\udfff"}]}',
+            oa.ChatBody,
+            "messages.0.content",
+            "invalid_unicode",
+        ),
+        ('{"model": "m", "prompt": "x", "stop": ["\\ud800"]}', oa.CompletionBody, "stop.0", None),
+        ('{"model": "m", "prompt": "x", "user": {"\\ud800": 1}}', oa.CompletionBody, None, None),
+        ("[" * 100_000 + "]" * 100_000, oa.CompletionBody, None, "too_deeply_nested"),
+        (
+            '{"model": "m", "prompt": "x", "extra": ' + "[" * 40 + "]" * 40 + "}",
+            oa.CompletionBody,
+            None,
+            "too_deeply_nested",
+        ),
+    ],
+)
+def test_bodies_that_were_500s_are_400s(inputs, raw, body_type, param, code):
+    with pytest.raises(oa.APIError) as info:
+        to_input = inputs.chat if body_type is oa.ChatBody else inputs.completion
+        asyncio.run(inputs.from_http(raw.encode(), body_type, to_input, None))
+    error = info.value
+    assert error.status == 400 and error.type == "invalid_request_error"
+    if param is not None:
+        assert error.param == param
+    if code is not None:
+        assert error.code == code
+
+
+def test_a_body_at_the_depth_limit_is_taken(inputs):
+    nested = "[" * 30 + "]" * 30  # the body object itself is level 1
+    raw = ('{"model": "m", "prompt": "hello", "extra": ' + nested + "}").encode()
+    body, inp = asyncio.run(inputs.from_http(raw, oa.CompletionBody, inputs.completion, None))
+    assert inp.prompt_token_ids and body.prompt == "hello"
+
+
+def test_a_prompt_that_cannot_fit_is_refused_before_tokenizing(inputs):
+    """20 MB of prompt: refused from its length alone, in milliseconds, by both paths."""
+    per = inputs.chars_per_token
+    assert per == max(len(t) for t in inputs.tokenizer.get_vocab())
+    prompt = "x" * 20_000_000
+    start = time.perf_counter()
+    with pytest.raises(oa.APIError) as info:
+        inputs.completion(oa.CompletionBody(model="m", prompt=prompt))
+    assert time.perf_counter() - start < 0.1
+    assert info.value.param == "prompt" and info.value.code == "context_length_exceeded"
+    chat = oa.ChatBody(model="m", messages=[{"role": "user", "content": prompt}])
+    with pytest.raises(oa.APIError) as info:
+        inputs.chat(chat)
+    assert info.value.param == "messages"
+    # Just under the bound the tokenizer decides (and refuses by the exact count).
+    with pytest.raises(oa.APIError) as info:
+        inputs.completion(oa.CompletionBody(model="m", prompt="x" * (per * 255)))
+    assert "characters" not in info.value.message
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=st.text(min_size=1, max_size=300))
+def test_the_character_bound_never_refuses_a_prompt_that_fits(inputs, text):
+    """No text takes fewer tokens than its characters over the longest token's."""
+    tokens = len(inputs.tokenizer(text, add_special_tokens=False)["input_ids"])
+    assert tokens * inputs.chars_per_token >= len(text)
+
+
+def test_an_unexpected_error_is_a_short_500(inputs):
+    def broken(body):
+        raise RuntimeError("Traceback (most recent call last):\n  File /secret/path.py ...")
+
+    with pytest.raises(oa.APIError) as info:
+        asyncio.run(
+            inputs.from_http(b'{"model": "m", "prompt": "x"}', oa.CompletionBody, broken, None)
+        )
+    assert info.value.status == 500 and "secret" not in info.value.message
+    assert oa.short("first line\nTraceback ...") == "first line"
+    assert len(oa.short("y" * 1000)) == 300
