@@ -1,0 +1,189 @@
+"""The ingress's metrics (docs/metrics.md) and its GET /metrics in Prometheus' text format.
+
+Each ingress replica measures its own requests (latency histograms, outcomes) into a registry
+of its own and into Ray's metrics API (served by Ray's exporter as `ray_rankserve_*`). A scrape
+of GET /metrics renders those, the scheduler's families from its status (one call, bounded by
+the caller) and the predictor's from its health: the cluster-wide figures are the same from
+every ingress replica, the histograms are this replica's."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Iterable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from cluster.runtime.metrics_export import GAUGE, Family, scheduler_families
+from cluster.runtime.status import ClusterStatus
+from predictor_actor.metrics import predictor_families
+from serve_app.generation import GenerationFailed, GenerationRecord
+
+logger = logging.getLogger(__name__)
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+SOURCE_TIMEOUT_S = 2.0  # a scrape goes without the parts that do not answer in this time
+
+# Seconds; request-level latencies span milliseconds (a refusal) to minutes (long answers).
+REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320)
+TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1)
+SCORE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+
+_HISTOGRAMS = (
+    ("queue_wait", REQUEST_BUCKETS, "From scored to the first dispatch decided"),
+    ("time_to_first_token", REQUEST_BUCKETS, "From arrival to the first token"),
+    ("time_per_output_token", TOKEN_BUCKETS, "Per token after the first (finished requests)"),
+    ("inter_token_latency", TOKEN_BUCKETS, "Between tokens, as chunks reach the ingress"),
+    ("e2e_request_latency", REQUEST_BUCKETS, "From arrival to the last token (finished)"),
+    ("per_token_latency", TOKEN_BUCKETS, "End-to-end latency / output tokens (finished)"),
+    ("predictor_score", SCORE_BUCKETS, "Scoring one prompt, as the ingress waits for it"),
+)
+
+
+class _Families:
+    """A collector of ready-made families, so that generate_latest renders them."""
+
+    def __init__(self, families: Iterable[Metric]) -> None:
+        self._families = list(families)
+
+    def collect(self) -> Iterable[Metric]:
+        return self._families
+
+
+def to_prometheus(fam: Family) -> Metric:
+    kind = GaugeMetricFamily if fam.kind == GAUGE else CounterMetricFamily
+    out = kind(fam.name, fam.help, labels=fam.labels)
+    for values, value in fam.samples:
+        out.add_metric(list(values), value)
+    return out
+
+
+class IngressMetrics:
+    """One ingress replica's metrics. `ray_metrics`: mirror them into Ray's metrics API (off
+    where no Ray worker runs, e.g. unit tests)."""
+
+    def __init__(self, ray_metrics: bool = True) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._histograms: dict[str, tuple[Histogram, Any]] = {}
+        for name, buckets, help in _HISTOGRAMS:
+            full = f"rankserve_{name}_seconds"
+            prom = Histogram(full, help, buckets=buckets, registry=self.registry)
+            mirror = None
+            if ray_metrics:
+                from ray.util.metrics import Histogram as RayHistogram
+
+                mirror = RayHistogram(full, help, boundaries=list(buckets))
+            self._histograms[name] = (prom, mirror)
+        self._requests = Counter(
+            "rankserve_requests",
+            "Requests this ingress served, by outcome (ok, an error code, or cancelled)",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self._ray_requests = None
+        if ray_metrics:
+            from ray.util.metrics import Counter as RayCounter
+
+            self._ray_requests = RayCounter(
+                "rankserve_requests", "Requests served, by outcome", ("outcome",)
+            )
+        self._degraded = Gauge(
+            "rankserve_predictor_degraded",
+            "1 while this ingress scores by the prompt-length fallback (the predictor is away)",
+            registry=self.registry,
+        )
+
+    def _observe(self, name: str, *values: float) -> None:
+        prom, mirror = self._histograms[name]
+        for value in values:
+            prom.observe(value)
+            if mirror is not None:
+                mirror.observe(value)
+
+    def request_done(self, outcome: str, record: GenerationRecord) -> None:
+        """One request ended: `outcome` is "ok", its error code, or "cancelled"."""
+        self._requests.labels(outcome).inc()
+        if self._ray_requests is not None:
+            self._ray_requests.inc(1, {"outcome": outcome})
+        if record.score_s is not None:
+            self._observe("predictor_score", record.score_s)
+            if record.dispatched is not None:
+                wait = record.dispatched - record.arrival - record.score_s
+                self._observe("queue_wait", max(0.0, wait))
+        if record.first_token is not None:
+            self._observe("time_to_first_token", record.first_token - record.arrival)
+        self._observe("inter_token_latency", *record.token_gaps)
+        n = len(record.output_token_ids)
+        if outcome == "ok" and record.finished is not None and n:
+            e2e = record.finished - record.arrival
+            self._observe("e2e_request_latency", e2e)
+            self._observe("per_token_latency", e2e / n)
+            if n > 1 and record.first_token is not None:
+                self._observe(
+                    "time_per_output_token", (record.finished - record.first_token) / (n - 1)
+                )
+
+    async def track(
+        self, chunks: AsyncIterator[Any], record: GenerationRecord
+    ) -> AsyncIterator[Any]:
+        """`chunks` (a request's stream), counted by how it ends."""
+        outcome = "cancelled"  # the client went away (the stream was cancelled or closed)
+        try:
+            async for chunk in chunks:
+                yield chunk
+            outcome = "ok"
+        except GenerationFailed as e:
+            outcome = e.code
+            raise
+        except Exception:
+            outcome = "internal_error"
+            raise
+        finally:
+            self.request_done(outcome, record)
+
+    async def scrape(
+        self, status: Awaitable[ClusterStatus], health: Awaitable[dict | None], degraded: bool
+    ) -> bytes:
+        """GET /metrics: `status` the scheduler's, `health` the predictor's (None: no predictor
+        actor), each waited for at most SOURCE_TIMEOUT_S."""
+        got = await asyncio.gather(
+            asyncio.wait_for(status, SOURCE_TIMEOUT_S),
+            asyncio.wait_for(health, SOURCE_TIMEOUT_S),
+            return_exceptions=True,
+        )
+        up: dict[str, bool] = {}
+        answers: list[Any] = []
+        for source, answer in zip(("scheduler", "predictor"), got, strict=True):
+            if isinstance(answer, BaseException):
+                logger.warning("/metrics without the %s's: %r", source, answer)
+                answer = None
+                up[source] = False
+            elif answer is not None:
+                up[source] = True
+            answers.append(answer)
+        return self.render(degraded, answers[0], answers[1], up)
+
+    def render(
+        self,
+        degraded: bool,
+        scheduler: ClusterStatus | None,
+        predictor: dict | None,
+        up: dict[str, bool],
+    ) -> bytes:
+        """The text of a scrape: `scheduler` and `predictor` are None when they did not answer
+        in time (their families are left out; `up` says which answered)."""
+        self._degraded.set(int(degraded))
+        families = [
+            Family("rankserve_metrics_source_up", GAUGE, "1 if the source answered", ("source",))
+        ]
+        for source, answered in up.items():
+            families[0].add(int(answered), source)
+        if scheduler is not None:
+            families += scheduler_families(scheduler)
+        if predictor is not None:
+            families += predictor_families(predictor)
+        ours = generate_latest(self.registry)
+        return ours + generate_latest(_Families(map(to_prometheus, families)))
