@@ -85,7 +85,7 @@ class Ingress:
         scorer = make_scorer(self.config.predictor)
         self.scorer = scorer
         self.path = GenerationPath(self.scheduler, scorer)
-        self.metrics = IngressMetrics()
+        self.metrics = IngressMetrics(self.path.ingress_id)
         self.request_log = (
             RequestLogWriter(self.config.request_log, self.config.request_log_max_bytes)
             if self.config.request_log

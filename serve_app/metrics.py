@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from cluster.runtime.metrics_export import GAUGE, Family, scheduler_families
+from cluster.runtime.names import NAMESPACE, replica_actor_name
 from cluster.runtime.status import ClusterStatus
 from predictor_actor.metrics import predictor_families
 from serve_app.generation import GenerationFailed, GenerationRecord
@@ -25,6 +26,7 @@ logger = logging.getLogger(__name__)
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
+ENGINE_PREFIX = "vllm:"  # the engine families passed on from each replica
 SOURCE_TIMEOUT_S = 2.0  # a scrape goes without the parts that do not answer in this time
 
 # Seconds; request-level latencies span milliseconds (a refusal) to minutes (long answers).
@@ -41,6 +43,66 @@ _HISTOGRAMS = (
     ("per_token_latency", TOKEN_BUCKETS, "End-to-end latency / output tokens (finished)"),
     ("predictor_score", SCORE_BUCKETS, "Scoring one prompt, as the ingress waits for it"),
 )
+
+
+def engine_families(texts: dict[str, str]) -> str:
+    """The engines' own families (ENGINE_PREFIX) out of each replica's Prometheus text, merged
+    into one family each, every sample labelled with its `replica`."""
+    heads: dict[str, list[str]] = {}
+    samples: dict[str, list[str]] = {}
+    for replica, text in texts.items():
+        family = None
+        for line in text.splitlines():
+            if line.startswith("# "):
+                parts = line.split(" ", 3)
+                if len(parts) > 2 and parts[1] in ("HELP", "TYPE"):
+                    family = parts[2] if parts[2].startswith(ENGINE_PREFIX) else None
+                    if family is not None and len(heads.setdefault(family, [])) < 2:
+                        heads[family].append(line)
+                continue
+            if family is None or not line:
+                continue
+            tag = f'replica="{replica}"'
+            brace, space = line.find("{"), line.find(" ")
+            if brace != -1 and brace < space:
+                close = line.rfind("}")
+                inner = line[brace + 1 : close]
+                line = f"{line[: brace + 1]}{tag}{',' if inner else ''}{inner}{line[close:]}"
+            else:
+                line = f"{line[:space]}{{{tag}}}{line[space:]}"
+            samples.setdefault(family, []).append(line)
+    out = []
+    for family, head in heads.items():
+        out += head + samples.get(family, [])
+    return "\n".join(out) + "\n" if out else ""
+
+
+class EngineMetrics:
+    """Asks each live replica for its engine's metrics (one call each, concurrently)."""
+
+    def __init__(self) -> None:
+        self._handles: dict[str, Any] = {}
+
+    async def texts(self, replica_ids: list[str]) -> dict[str, str]:
+        calls = [self._ask(rid) for rid in replica_ids]
+        got = await asyncio.gather(*calls, return_exceptions=True)
+        out = {}
+        for rid, text in zip(replica_ids, got, strict=True):
+            if isinstance(text, BaseException):
+                self._handles.pop(rid, None)  # replaced or restarted: look it up again
+                logger.warning("/metrics without replica %s's engine: %r", rid, text)
+            else:
+                out[rid] = text
+        return out
+
+    async def _ask(self, replica_id: str) -> str:
+        import ray
+
+        handle = self._handles.get(replica_id)
+        if handle is None:
+            name = replica_actor_name(replica_id)
+            handle = self._handles[replica_id] = ray.get_actor(name, namespace=NAMESPACE)
+        return await asyncio.wait_for(handle.engine_metrics.remote(), SOURCE_TIMEOUT_S)
 
 
 class _Families:
@@ -62,39 +124,46 @@ def to_prometheus(fam: Family) -> Metric:
 
 
 class IngressMetrics:
-    """One ingress replica's metrics. `ray_metrics`: mirror them into Ray's metrics API (off
-    where no Ray worker runs, e.g. unit tests)."""
+    """One ingress replica's metrics, labelled `ingress` with its id. `ray_metrics`: mirror
+    them into Ray's metrics API and pass on the engines' own (off where no Ray worker runs,
+    e.g. unit tests)."""
 
-    def __init__(self, ray_metrics: bool = True) -> None:
+    def __init__(self, ingress_id: str, ray_metrics: bool = True) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self._histograms: dict[str, tuple[Histogram, Any]] = {}
+        tag = {"ingress": ingress_id}
+        self._histograms: dict[str, tuple[Any, Any]] = {}
         for name, buckets, help in _HISTOGRAMS:
             full = f"rankserve_{name}_seconds"
-            prom = Histogram(full, help, buckets=buckets, registry=self.registry)
+            prom = Histogram(full, help, ["ingress"], buckets=buckets, registry=self.registry)
             mirror = None
             if ray_metrics:
                 from ray.util.metrics import Histogram as RayHistogram
 
-                mirror = RayHistogram(full, help, boundaries=list(buckets))
-            self._histograms[name] = (prom, mirror)
+                mirror = RayHistogram(full, help, list(buckets), ("ingress",))
+                mirror.set_default_tags(tag)
+            self._histograms[name] = (prom.labels(ingress_id), mirror)
         self._requests = Counter(
             "rankserve_requests",
             "Requests this ingress served, by outcome (ok, an error code, or cancelled)",
-            ["outcome"],
+            ["ingress", "outcome"],
             registry=self.registry,
         )
+        self._ingress_id = ingress_id
         self._ray_requests = None
         if ray_metrics:
             from ray.util.metrics import Counter as RayCounter
 
             self._ray_requests = RayCounter(
-                "rankserve_requests", "Requests served, by outcome", ("outcome",)
+                "rankserve_requests", "Requests served, by outcome", ("ingress", "outcome")
             )
+            self._ray_requests.set_default_tags(tag)
+        self._engines = EngineMetrics() if ray_metrics else None
         self._degraded = Gauge(
             "rankserve_predictor_degraded",
             "1 while this ingress scores by the prompt-length fallback (the predictor is away)",
+            ["ingress"],
             registry=self.registry,
-        )
+        ).labels(ingress_id)
 
     def _observe(self, name: str, *values: float) -> None:
         prom, mirror = self._histograms[name]
@@ -105,7 +174,7 @@ class IngressMetrics:
 
     def request_done(self, outcome: str, record: GenerationRecord) -> None:
         """One request ended: `outcome` is "ok", its error code, or "cancelled"."""
-        self._requests.labels(outcome).inc()
+        self._requests.labels(self._ingress_id, outcome).inc()
         if self._ray_requests is not None:
             self._ray_requests.inc(1, {"outcome": outcome})
         if record.score_s is not None:
@@ -164,7 +233,10 @@ class IngressMetrics:
             elif answer is not None:
                 up[source] = True
             answers.append(answer)
-        return self.render(degraded, answers[0], answers[1], up)
+        status = answers[0]
+        alive = [r.replica_id for r in status.replicas if r.alive] if status else []
+        engines = await self._engines.texts(alive) if alive and self._engines else {}
+        return self.render(degraded, status, answers[1], up) + engine_families(engines).encode()
 
     def render(
         self,

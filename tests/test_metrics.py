@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
+from pathlib import Path
 
 import pytest
 
@@ -22,9 +24,11 @@ from cluster.runtime.spec import ReplicaConfig, replica_specs  # noqa: E402
 from cluster.runtime.status import EndedTotals, cluster_status  # noqa: E402
 from predictor_actor.batching import BatchingPredictor, PredictorConfig  # noqa: E402
 from serve_app.generation import GenerationFailed, GenerationRecord  # noqa: E402
-from serve_app.metrics import IngressMetrics  # noqa: E402
+from serve_app.metrics import IngressMetrics, engine_families  # noqa: E402
+from tests import dashboard  # noqa: E402
 from tests.support import events, make_request, make_scheduler  # noqa: E402
 
+ING = (("ingress", "i1"),)
 SLOS = SLOConfig((SLOClass("chat", ttft_s=1.0, tpot_s=0.1), SLOClass("batch", e2e_s=600)), "chat")
 
 
@@ -84,7 +88,9 @@ def status():
 
 def test_the_scheduler_status_renders_as_prometheus_metrics(status):
     cluster, (a, b) = status
-    got = samples(IngressMetrics(ray_metrics=False).render(False, cluster, None, {"scheduler": 1}))
+    got = samples(
+        IngressMetrics("i1", ray_metrics=False).render(False, cluster, None, {"scheduler": 1})
+    )
     q = cluster.queued
     assert q == 5  # 4 never dispatched + the sliced one back in the queue
     depth = {k[1]: v for k, v in got.items() if k[0] == "rankserve_queue_depth"}
@@ -107,7 +113,7 @@ def test_the_scheduler_status_renders_as_prometheus_metrics(status):
 
 
 def test_request_latencies_are_observed_by_outcome():
-    metrics = IngressMetrics(ray_metrics=False)
+    metrics = IngressMetrics("i1", ray_metrics=False)
     record = GenerationRecord(prompt_tokens=4, arrival=100.0, score_s=0.002)
     record.dispatched = 100.5
     for t in (101.0, 101.2, 101.8):  # 1 token, then 1, then 3 in one chunk
@@ -128,17 +134,17 @@ def test_request_latencies_are_observed_by_outcome():
     with pytest.raises(GenerationFailed):
         asyncio.run(refused())
     got = samples(metrics.render(True, None, None, {"scheduler": False}))
-    assert got[("rankserve_requests_total", (("outcome", "ok"),))] == 1
-    assert got[("rankserve_requests_total", (("outcome", "queue_full"),))] == 1
-    assert got[("rankserve_time_to_first_token_seconds_count", ())] == 1
-    assert got[("rankserve_time_to_first_token_seconds_sum", ())] == pytest.approx(1.0)
-    assert got[("rankserve_queue_wait_seconds_sum", ())] == pytest.approx(0.498)
-    assert got[("rankserve_inter_token_latency_seconds_count", ())] == 4
-    assert got[("rankserve_inter_token_latency_seconds_sum", ())] == pytest.approx(0.8)
-    assert got[("rankserve_time_per_output_token_seconds_sum", ())] == pytest.approx(0.2)
-    assert got[("rankserve_e2e_request_latency_seconds_sum", ())] == pytest.approx(1.8)
-    assert got[("rankserve_per_token_latency_seconds_sum", ())] == pytest.approx(0.36)
-    assert got[("rankserve_predictor_degraded", ())] == 1
+    assert got[("rankserve_requests_total", (*ING, ("outcome", "ok")))] == 1
+    assert got[("rankserve_requests_total", (*ING, ("outcome", "queue_full")))] == 1
+    assert got[("rankserve_time_to_first_token_seconds_count", ING)] == 1
+    assert got[("rankserve_time_to_first_token_seconds_sum", ING)] == pytest.approx(1.0)
+    assert got[("rankserve_queue_wait_seconds_sum", ING)] == pytest.approx(0.498)
+    assert got[("rankserve_inter_token_latency_seconds_count", ING)] == 4
+    assert got[("rankserve_inter_token_latency_seconds_sum", ING)] == pytest.approx(0.8)
+    assert got[("rankserve_time_per_output_token_seconds_sum", ING)] == pytest.approx(0.2)
+    assert got[("rankserve_e2e_request_latency_seconds_sum", ING)] == pytest.approx(1.8)
+    assert got[("rankserve_per_token_latency_seconds_sum", ING)] == pytest.approx(0.36)
+    assert got[("rankserve_predictor_degraded", ING)] == 1
     assert got[("rankserve_metrics_source_up", (("source", "scheduler"),))] == 0
     assert ("rankserve_queue_depth", ()) not in got  # the scheduler did not answer
 
@@ -161,7 +167,7 @@ def test_a_scrape_goes_without_a_source_that_does_not_answer(monkeypatch, status
     async def ready(value):
         return value
 
-    metrics = IngressMetrics(ray_metrics=False)
+    metrics = IngressMetrics("i1", ray_metrics=False)
     got = samples(asyncio.run(metrics.scrape(slow(), ready(health), False)))
     up = {k[1][0][1]: v for k, v in got.items() if k[0] == "rankserve_metrics_source_up"}
     assert up == {"scheduler": 0, "predictor": 1}
@@ -172,3 +178,40 @@ def test_a_scrape_goes_without_a_source_that_does_not_answer(monkeypatch, status
     up = {k[1][0][1]: v for k, v in got.items() if k[0] == "rankserve_metrics_source_up"}
     assert up == {"scheduler": 1}  # no predictor actor (the heuristic scorer): nothing to say
     assert got[("rankserve_dispatches_total", ())] == 4
+
+
+def test_engine_metrics_are_merged_and_labelled_by_replica():
+    from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
+
+    texts = {}
+    for replica, running in (("replica-0", 2), ("replica-1", 5)):
+        registry = CollectorRegistry()
+        g = Gauge(
+            "vllm:num_requests_running", "running", ["model_name", "engine"], registry=registry
+        )
+        g.labels("tiny", "0").set(running)
+        Histogram("vllm:e2e_request_latency_seconds", "e2e", registry=registry).observe(0.3)
+        Gauge("process_open_fds", "not the engine's", registry=registry).set(9)
+        texts[replica] = generate_latest(registry).decode()
+    got = samples(engine_families(texts).encode())
+    running = {
+        dict(k[1])["replica"]: v for k, v in got.items() if k[0] == "vllm:num_requests_running"
+    }
+    assert running == {"replica-0": 2, "replica-1": 5}
+    count = ("vllm:e2e_request_latency_seconds_count", (("replica", "replica-1"),))
+    assert got[count] == 1
+    assert not any(k[0] == "process_open_fds" for k in got)
+
+
+def test_the_dashboard_loads_and_reads_only_documented_metrics():
+    """Each panel queries at least one rankserve or vLLM metric, and docs/metrics.md documents
+    every one the dashboard reads (the e2e test checks them against a live scrape)."""
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "metrics.md").read_text()
+    documented = set(re.findall(r"`((?:rankserve_|vllm:)[a-zA-Z0-9_:]+)`", docs))
+    for panel in dashboard.panels():
+        assert panel["targets"], panel["title"]
+        for target in panel["targets"]:
+            assert dashboard.metrics_named(target["expr"]), (panel["title"], target["expr"])
+    read = {re.sub(r"_(bucket|sum|count)$", "", m) for m in dashboard.dashboard_metrics()}
+    assert read - documented == set()
+    assert len(read) >= 30
