@@ -1,10 +1,11 @@
 """The ingress's metrics (docs/metrics.md) and its GET /metrics in Prometheus' text format.
 
-Each ingress replica measures its own requests (latency histograms, outcomes) into a registry
-of its own and into Ray's metrics API (served by Ray's exporter as `ray_rankserve_*`). A scrape
-of GET /metrics renders those, the scheduler's families from its status (one call, bounded by
-the caller) and the predictor's from its health: the cluster-wide figures are the same from
-every ingress replica, the histograms are this replica's."""
+Each ingress replica measures its own requests (latency histograms, outcomes; labelled with its
+`ingress` id) into a registry of its own and into Ray's metrics API (served by Ray's exporter as
+`ray_rankserve_*`). A scrape of GET /metrics renders those, the scheduler's families from its
+status, the predictor's from its health and each live replica's vLLM metrics (one call each,
+concurrently, each bounded by SOURCE_TIMEOUT_S): the cluster-wide figures are the same from every
+ingress replica, the request metrics are this replica's."""
 
 from __future__ import annotations
 
