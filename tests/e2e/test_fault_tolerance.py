@@ -133,20 +133,32 @@ def _declared(text: str) -> set[str]:
 
 
 def test_metrics_cover_the_dashboard_and_reach_rays_exporter(url):
-    """After real traffic (sliced streams, an aborted one before this test), GET /metrics has
-    the scheduler's, the ingress's, the predictor's and the engines' metrics; every query of
-    the Grafana dashboard reads a metric it exposes; the scheduler's reach Ray's exporter."""
+    """After real traffic (sliced streams, and one its client leaves after the first chunk),
+    GET /metrics has the scheduler's, the ingress's, the predictor's and the engines' metrics;
+    every query of the Grafana dashboard reads a metric it exposes; the scheduler's reach Ray's
+    exporter."""
     lengths = [30, 50, 70]
+    body = {"model": MODEL, "prompt": "left", "max_tokens": 300, "ignore_eos": True}
 
     async def traffic():
         async with httpx.AsyncClient(base_url=url.http, timeout=120) as client:
+            async with client.stream("POST", "/v1/completions", json=body | {"stream": True}) as r:
+                async for line in r.aiter_lines():
+                    if line.startswith("data: {"):
+                        break  # the client goes away
             return await asyncio.gather(*(stream(client, n, f"m {n} " * n) for n in lengths))
 
     assert_whole(asyncio.run(traffic()), lengths)
     with httpx.Client(base_url=url.http, timeout=30) as client:
-        r = client.get("/metrics")
+        deadline = time.monotonic() + 10  # the abort reaches the scheduler after the client left
+        while True:
+            r = client.get("/metrics")
+            got = _scrape(r.text)
+            aborted = got.get(("rankserve_request_failures_total", (("reason", "aborted"),)), 0)
+            if aborted >= 1 or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
-        got = _scrape(r.text)
         took = []
         for _ in range(20):
             t0 = time.perf_counter()
@@ -162,7 +174,8 @@ def test_metrics_cover_the_dashboard_and_reach_rays_exporter(url):
     assert got[("rankserve_slices_total", ())] >= sum(-(-n // SLICE) - 1 for n in lengths)
     dispatches = got[("rankserve_dispatches_total", ())]
     assert dispatches >= got[("rankserve_slices_total", ())] + len(lengths)
-    assert got[("rankserve_request_failures_total", (("reason", "aborted"),))] >= 1
+    assert aborted >= 1
+    assert _total(got, "rankserve_requests_total", outcome="cancelled") >= 1
     assert _total(got, "rankserve_requests_total", outcome="ok") >= len(lengths)
     assert _total(got, "rankserve_e2e_request_latency_seconds_count") >= len(lengths)
     assert got[("rankserve_predictor_batches_total", ())] >= 1
