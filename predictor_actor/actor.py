@@ -11,11 +11,17 @@ batches and each batch is one call into the model.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 
 import ray
 
+from cluster.runtime.metrics_export import PUBLISH_EVERY_S, RayPublisher
 from predictor_actor.batching import BatchingPredictor, Prediction, PredictorConfig
+from predictor_actor.metrics import predictor_families
+
+logger = logging.getLogger(__name__)
 
 ACTOR_NAME = "rankserve-predictor"  # cluster.runtime.names.PREDICTOR_ACTOR
 
@@ -29,6 +35,7 @@ class PredictorActor:
         if torch_threads:
             os.environ["RANKSERVE_TORCH_THREADS"] = str(torch_threads)
         self._predictor = BatchingPredictor(config or PredictorConfig())
+        self._metrics = asyncio.get_running_loop().create_task(self._publish_metrics())
 
     async def predict(self, prompt, served: str | None = None) -> Prediction:
         return await self._predictor.predict(prompt, served)
@@ -44,6 +51,17 @@ class PredictorActor:
 
     async def health(self) -> dict:
         return self._predictor.health()
+
+    async def _publish_metrics(self) -> None:
+        """Its metrics into Ray's metrics API (Ray's exporter serves them as ray_rankserve_*)."""
+        ray_metrics = RayPublisher()
+        while True:
+            await asyncio.sleep(PUBLISH_EVERY_S)
+            try:
+                ray_metrics.publish(predictor_families(self._predictor.health()))
+            except Exception:  # metrics never take the predictor down; said once, then off
+                logger.exception("publishing the predictor's metrics to Ray failed; stopped")
+                return
 
     async def rollback(self, served: str | None = None) -> dict:
         """Serve again the version before the last swap of `served` (None: the default served

@@ -295,6 +295,7 @@ class OnlineLearning:
                     "retraining": lr.retraining,
                     "memory": len(lr.memory) if lr.memory is not None else None,
                     "last_events": lr.store.events(last=5),
+                    "event_counts": dict(lr.store.counts),
                 }
                 for name, lr in list(self.learners.items())
             },

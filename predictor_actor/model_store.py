@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,6 +30,7 @@ class ModelStore:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.base_dir = base_dir  # None: the shipped default model
+        self.counts: Counter[str] = Counter()  # events recorded by this process, by kind
 
     def _dir(self, version: str) -> Path | None:
         return self.base_dir if version == BASE else self.root / version
@@ -63,6 +65,7 @@ class ModelStore:
 
     def record(self, event: dict) -> dict:
         event = {"time": round(time.time(), 3), **event}
+        self.counts[event["event"]] += 1
         with open(self.root / EVENTS, "a", encoding="utf-8") as f:
             f.write(json.dumps(event) + "\n")
         return event

@@ -52,6 +52,19 @@ class GenerationRecord:
     dispatches: int = 0
     score: float | None = None
     predicted_tokens: float | None = None
+    # For the latency metrics (serve_app.metrics): how long scoring took, when the first
+    # dispatch was decided, and each later token's share of the gap since the previous chunk.
+    score_s: float | None = None
+    dispatched: float | None = None
+    token_gaps: list[float] = field(default_factory=list)
+    last_token: float | None = None
+
+    def tokens_arrived(self, n: int, now: float) -> None:
+        if self.last_token is None:
+            self.first_token = now
+        else:
+            self.token_gaps += [(now - self.last_token) / n] * n
+        self.last_token = now
 
 
 class GenerationFailed(RuntimeError):
@@ -139,7 +152,9 @@ class GenerationPath:
         LENGTH). Raises GenerationFailed if the cluster gave up on it."""
         if self._lease is None or self._lease.done():
             self._lease = asyncio.create_task(self._renew_lease())
+        began = time.perf_counter()
         score = await self.scorer.score(inp.prompt_text)
+        record.score_s = time.perf_counter() - began
         record.score, record.predicted_tokens = score.score, score.predicted_tokens
         submit = SubmitRequest(
             request_id=inp.request_id,
@@ -183,6 +198,7 @@ class GenerationPath:
                 raise GenerationFailed(ticket.error)
             after = ticket.dispatch_no
             record.dispatches += 1
+            record.dispatched = record.dispatched or time.time()
             call = GenerateCall(
                 submit=submit,
                 dispatch_no=ticket.dispatch_no,
@@ -200,8 +216,8 @@ class GenerationPath:
             try:
                 async for ref in stream:
                     chunk: TokenChunk = await ref
-                    if chunk.token_ids and record.first_token is None:
-                        record.first_token = time.time()
+                    if chunk.token_ids:
+                        record.tokens_arrived(len(chunk.token_ids), time.time())
                     generated.extend(chunk.token_ids)
                     reason = chunk.finish_reason
                     if reason is not None and reason.ends_request:

@@ -3,7 +3,7 @@ service of serve_app/proto/rankserve.proto, both over one GenerationPath.
 
 HTTP: POST /v1/completions, POST /v1/chat/completions (SSE streaming with "stream": true),
 GET /v1/models, GET /health (the ingress and the scheduler answer), GET /ready (an engine
-replica is up), GET /status (the scheduler's view of the cluster).
+replica is up), GET /status (the scheduler's view of the cluster), GET /metrics (Prometheus).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from dataclasses import asdict
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
 
 from cluster.runtime.scheduler_handle import get_or_create
@@ -31,6 +31,7 @@ from serve_app.generation import (
     GenerationPath,
     GenerationRecord,
 )
+from serve_app.metrics import CONTENT_TYPE, IngressMetrics
 from serve_app.proto import rankserve_pb2 as pb
 from serve_app.request_input import RequestInputs
 from serve_app.scoring import make_scorer
@@ -100,6 +101,7 @@ class Ingress:
         scorer = make_scorer(self.config.predictor)
         self.scorer = scorer
         self.path = GenerationPath(self.scheduler, scorer)
+        self.metrics = IngressMetrics(self.path.ingress_id)
         self.request_log = (
             RequestLogWriter(self.config.request_log, self.config.request_log_max_bytes)
             if self.config.request_log
@@ -120,7 +122,7 @@ class Ingress:
         """(text delta, new tokens, finish reason) per chunk; logs the finished request. Every
         failure comes out as an APIError the front ends can say (never a traceback)."""
         try:
-            async for chunk in self.path.stream(inp, record):
+            async for chunk in self.metrics.track(self.path.stream(inp, record), record):
                 reason = chunk.finish_reason
                 yield chunk.text, len(chunk.token_ids), reason.value if reason else None
         except GenerationFailed as e:
@@ -215,6 +217,15 @@ class Ingress:
         return JSONResponse(
             {**body, "scorer": self.scorer.describe(), "degraded": self._degraded()}
         )
+
+    @api.get("/metrics")
+    async def metrics_text(self) -> Response:
+        """Prometheus' text format: this ingress's request metrics, the scheduler's and the
+        predictor's (docs/metrics.md)."""
+        text = await self.metrics.scrape(
+            self.scheduler.status.remote(), self.scorer.health(), self.scorer.degraded() is not None
+        )
+        return Response(text, media_type=CONTENT_TYPE)
 
     @api.post("/v1/completions")
     async def completions(self, request: Request) -> Any:

@@ -38,6 +38,10 @@ class Scorer(Protocol):
         """Why the scores are not the configured scorer's right now; None when they are."""
         ...
 
+    async def health(self) -> dict | None:
+        """The predictor actor's health (its metrics); None without one."""
+        ...
+
 
 class HeuristicScorer:
     """Score = log1p(prompt characters): no model, no torch."""
@@ -49,6 +53,9 @@ class HeuristicScorer:
         return "prompt-length heuristic (in the ingress)"
 
     def degraded(self) -> str | None:
+        return None
+
+    async def health(self) -> dict | None:
         return None
 
 
@@ -139,6 +146,9 @@ class PredictorActorScorer:
 
     def degraded(self) -> str | None:
         return self._reason
+
+    async def health(self) -> dict | None:
+        return await self._actor.health.remote()
 
 
 def _heuristic(settings: PredictorSettings) -> Scorer:

@@ -155,6 +155,13 @@ class EngineReplica:
     def ping(self) -> str:
         return self.spec.replica_id
 
+    def engine_metrics(self) -> str:
+        """The Prometheus text of this process's registry, where vLLM keeps its own metrics
+        (`vllm:*`); the ingress's GET /metrics passes them on, labelled by replica."""
+        from prometheus_client import REGISTRY, generate_latest
+
+        return generate_latest(REGISTRY).decode()
+
     def shutdown(self) -> None:
         if self._reporter is not None:
             self._reporter.cancel()

@@ -29,6 +29,7 @@ from cluster.runtime.autoscaling import FleetAutoscaling
 from cluster.runtime.ended import EndedRequests
 from cluster.runtime.fleet import ReplicaFleet
 from cluster.runtime.leases import IngressLeases
+from cluster.runtime.metrics_export import SchedulerMetrics
 from cluster.runtime.protocol import (
     DispatchState,
     ReplicaInfo,
@@ -38,7 +39,7 @@ from cluster.runtime.protocol import (
     Ticket,
 )
 from cluster.runtime.spec import ReplicaSpec
-from cluster.runtime.status import ClusterStatus, cluster_status
+from cluster.runtime.status import ClusterStatus
 from cluster.scheduler import Scheduler, UnknownRequest
 
 logger = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ class SchedulerActor:
             self._replica_down,
             replace_dead,
         )
+        self.metrics = SchedulerMetrics(self._core, self.fleet)
         self._tickets: dict[str, Ticket] = {}
         self._waiters: dict[str, asyncio.Future] = {}
         self._report_seq: dict[str, int] = {}  # replica -> last report applied
@@ -260,7 +262,7 @@ class SchedulerActor:
 
     async def status(self) -> ClusterStatus:
         await self._ready()
-        return cluster_status(self._core, self.fleet)
+        return self.metrics.status()
 
     async def shutdown(self) -> None:
         """Stop the replicas' engines and actors."""
@@ -347,6 +349,7 @@ class SchedulerActor:
         """An ended request: answer its waiter, drop it, remember why it ended."""
         rid = request.request_id
         self._core.forget(rid)
+        self.metrics.ended(request)
         self._tickets.pop(rid, None)
         self._leases.forget(rid)
         why = request.error or "ended"

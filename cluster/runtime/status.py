@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from cluster.rank_quality import RankQuality
+from cluster.request import Request, RequestState
 from cluster.runtime.protocol import ReplicaInfo
 from cluster.scheduler import Scheduler
 from cluster.slo_attainment import AttainmentSnapshot
@@ -39,16 +41,58 @@ class ClusterStatus:
     rank_quality: RankQuality
     shed: dict[str, int]  # requests refused or dropped by admission control, by reason
     slo: AttainmentSnapshot  # SLO attainment and goodput of the requests finished so far
+    # Counts over this scheduler's life (it restarts them when it restarts), for the metrics.
+    slices: int  # dispatches that ended at their slice's budget
+    dispatches: int
+    preemptions: int
+    failures: dict[str, int]  # failed requests by `failure_reason`
+    queued_by_slo: dict[str, int]  # the queue, by SLO class
 
     @property
     def ready(self) -> bool:
         return any(r.alive for r in self.replicas)
 
 
-def cluster_status(core: Scheduler, fleet: ReplicaFleet) -> ClusterStatus:
+@dataclass(slots=True)
+class EndedTotals:
+    """What the requests the core forgot (it keeps only those in flight) had added up to."""
+
+    dispatches: int = 0
+    preemptions: int = 0
+    failures: Counter[str] = field(default_factory=Counter)
+
+    def record(self, request: Request) -> None:
+        self.dispatches += request.num_dispatches
+        self.preemptions += request.num_preemptions
+        if request.state is RequestState.FAILED:
+            self.failures[failure_reason(request)] += 1
+
+
+def failure_reason(request: Request) -> str:
+    """A failed request's reason, one of a few values (its error text is free-form)."""
+    error = request.error or ""
+    if request.refusal is not None:
+        return "dropped_by_admission"  # from the queue; see `shed` for the admission reason
+    if error in ("aborted", "client gone"):
+        return error.replace(" ", "_")
+    if "do not fit in any replica" in error:
+        return "context_too_long"
+    return "engine_error"  # what a replica reported failed
+
+
+def cluster_status(
+    core: Scheduler, fleet: ReplicaFleet, ended: EndedTotals | None = None
+) -> ClusterStatus:
+    ended = ended or EndedTotals()
     stats = core.stats()
+    live = core.requests()
+    slos = core.config.slo
+    queued_by_slo = dict.fromkeys(slos.names, 0)
+    for request in live:
+        if request.state is RequestState.QUEUED:
+            queued_by_slo[request.slo if request.slo in queued_by_slo else slos.default] += 1
     assigned: dict[str, int] = {}
-    for request in core.requests():
+    for request in live:
         if request.replica_id is not None and not request.state.is_terminal:
             assigned[request.replica_id] = assigned.get(request.replica_id, 0) + 1
     replicas = []
@@ -78,4 +122,9 @@ def cluster_status(core: Scheduler, fleet: ReplicaFleet) -> ClusterStatus:
         core.rank_quality.summary(),
         stats.shed,
         core.slo_attainment.snapshot(),
+        stats.slices,
+        ended.dispatches + sum(r.num_dispatches for r in live),
+        ended.preemptions + sum(r.num_preemptions for r in live),
+        dict(ended.failures),
+        queued_by_slo,
     )

@@ -23,6 +23,7 @@ httpx = pytest.importorskip("httpx")
 
 from serve_app import launcher  # noqa: E402
 from serve_app.serve_cli import one_core_each  # noqa: E402
+from tests.dashboard import dashboard_metrics  # noqa: E402
 from tests.e2e.clients import MODEL, assert_whole, stream  # noqa: E402
 
 SLICE = 24
@@ -102,6 +103,108 @@ def test_a_stream_that_cannot_go_on_ends_with_an_error_event(url):
     assert lines[-2] == "event: error"
     error = json.loads(lines[-1][6:])["error"]
     assert error["type"] == "server_error" and "aborted" in error["message"]
+
+
+def _scrape(text: str) -> dict[tuple[str, tuple], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+    }
+
+
+def _total(got: dict, name: str, **labels: str) -> float:
+    """The sum of the samples named `name` with these labels (over the others, e.g. ingress)."""
+    return sum(v for (n, ls), v in got.items() if n == name and labels.items() <= dict(ls).items())
+
+
+def _declared(text: str) -> set[str]:
+    """The names a scrape declares (TYPE) but may have no sample of yet (a labelled counter
+    before its first event), as the samples would be named."""
+    names = set()
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split(" ")
+            suffixes = {"histogram": ["_bucket", "_sum", "_count"]}  # a counter's has _total
+            names |= {name + s for s in suffixes.get(kind, [""])}
+    return names
+
+
+def test_metrics_cover_the_dashboard_and_reach_rays_exporter(url):
+    """After real traffic (sliced streams, and one its client leaves after the first chunk),
+    GET /metrics has the scheduler's, the ingress's, the predictor's and the engines' metrics;
+    every query of the Grafana dashboard reads a metric it exposes; the scheduler's reach Ray's
+    exporter."""
+    lengths = [30, 50, 70]
+    body = {"model": MODEL, "prompt": "left", "max_tokens": 300, "ignore_eos": True}
+
+    async def traffic():
+        async with httpx.AsyncClient(base_url=url.http, timeout=120) as client:
+            async with client.stream("POST", "/v1/completions", json=body | {"stream": True}) as r:
+                async for line in r.aiter_lines():
+                    if line.startswith("data: {"):
+                        break  # the client goes away
+            return await asyncio.gather(*(stream(client, n, f"m {n} " * n) for n in lengths))
+
+    assert_whole(asyncio.run(traffic()), lengths)
+    with httpx.Client(base_url=url.http, timeout=30) as client:
+        deadline = time.monotonic() + 10  # the abort reaches the scheduler after the client left
+        while True:
+            r = client.get("/metrics")
+            got = _scrape(r.text)
+            aborted = got.get(("rankserve_request_failures_total", (("reason", "aborted"),)), 0)
+            if aborted >= 1 or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+        took = []
+        for _ in range(20):
+            t0 = time.perf_counter()
+            assert client.get("/metrics").status_code == 200
+            took.append(time.perf_counter() - t0)
+    took.sort()
+    print(f"GET /metrics: p50 {took[10] * 1e3:.1f} ms, max {took[-1] * 1e3:.1f} ms (20 scrapes)")
+    print(f"GET /metrics: {len(r.content)} bytes, {len(got)} samples")
+    assert {k[0] for k in got} >= {
+        "rankserve_queue_depth",
+        "rankserve_e2e_request_latency_seconds_count",
+    }
+    assert got[("rankserve_slices_total", ())] >= sum(-(-n // SLICE) - 1 for n in lengths)
+    dispatches = got[("rankserve_dispatches_total", ())]
+    assert dispatches >= got[("rankserve_slices_total", ())] + len(lengths)
+    assert aborted >= 1
+    assert _total(got, "rankserve_requests_total", outcome="cancelled") >= 1
+    assert _total(got, "rankserve_requests_total", outcome="ok") >= len(lengths)
+    assert _total(got, "rankserve_e2e_request_latency_seconds_count") >= len(lengths)
+    assert got[("rankserve_predictor_batches_total", ())] >= 1
+    up = {dict(k[1])["replica"]: v for k, v in got.items() if k[0] == "rankserve_replica_up"}
+    assert len(up) == 2 and set(up.values()) == {1.0}
+    engines = {dict(k[1])["replica"] for k in got if k[0] == "vllm:num_requests_running"}
+    assert engines == set(up), "each replica's own vLLM metrics, labelled by replica"
+    depth = [dict(k[1]) for k in got if k[0] == "rankserve_queue_depth"]
+    assert depth and all(set(labels) == {"policy", "slo"} for labels in depth)
+    exposed = {k[0] for k in got} | _declared(r.text)
+    missing = dashboard_metrics() - exposed
+    assert not missing, f"the dashboard reads metrics /metrics does not have: {sorted(missing)}"
+
+    # Ray's exporter on this node (Ray reports every few seconds): the same, prefixed `ray_`.
+    node = next(n for n in ray.nodes() if n["Alive"])
+    exporter = f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics"
+    wanted = {
+        "ray_rankserve_dispatches_total",
+        "ray_rankserve_queue_depth",
+        "ray_rankserve_predictor_batches_total",
+        "ray_rankserve_time_to_first_token_seconds_bucket",
+    }
+    deadline, seen = time.monotonic() + 60, set()
+    while time.monotonic() < deadline and not wanted <= seen:
+        text = httpx.get(exporter, timeout=10).text
+        seen = {k[0] for k in _scrape(text)}
+        time.sleep(2)
+    assert wanted <= seen, f"not in Ray's exporter: {sorted(wanted - seen)}"
+    print(*(line for line in text.splitlines() if line.startswith("ray_rankserve_dispatches")))
 
 
 def test_predictor_kill_is_served_by_the_fallback_then_the_predictor_comes_back(url):
