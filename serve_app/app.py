@@ -17,9 +17,15 @@ APP_NAME = "rankserve"
 GRPC_SERVICER = "serve_app.proto.rankserve_pb2_grpc.add_RankServeServicer_to_server"
 
 
+def split_args(args: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """The application's arguments: the number of ingress replicas, and the ServeConfig
+    settings."""
+    settings = dict(args)
+    return int(settings.pop("ingress_replicas", 1)), settings
+
+
 def build_app(args: dict[str, Any]) -> Application:
-    args = dict(args)
-    ingress_replicas = int(args.pop("ingress_replicas", 1))
+    ingress_replicas, args = split_args(args)
     if not args.get("model"):
         from serve_app.tiny_model import build
 

@@ -62,7 +62,7 @@ def start(
     from ray import serve
     from ray.serve.config import gRPCOptions
 
-    from serve_app.app import APP_NAME, GRPC_SERVICER, build_app
+    from serve_app.app import APP_NAME, GRPC_SERVICER, build_app, split_args
     from serve_app.auth import a_key
     from serve_app.config import ServeConfig
     from serve_app.grpc_bind import proxy_env
@@ -75,7 +75,7 @@ def start(
     )
     serve.run(build_app(settings), name=APP_NAME, route_prefix="/", blocking=False)
     endpoints = Endpoints(f"http://{host}:{http_port}", f"{host}:{grpc_port}")
-    key = a_key(ServeConfig.from_dict({"model": "-", **settings}).auth)
+    key = a_key(ServeConfig.from_dict({"model": "-", **split_args(settings)[1]}).auth)
     headers = {"authorization": f"Bearer {key}"} if key else None
     wait_ready(endpoints.http + "/ready", ready_timeout, headers)
     return endpoints

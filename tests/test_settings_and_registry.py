@@ -75,3 +75,13 @@ def test_a_lazy_entry_is_imported_on_first_use_only():
     assert registry["json"] is json.dumps
     with pytest.raises(ValueError, match="unknown thing 'xml'; choose one of json, direct"):
         registry["xml"]
+
+
+def test_the_app_arguments_split_the_ingress_count_from_the_service_settings():
+    from serve_app.app import split_args
+    from serve_app.config import ServeConfig
+
+    n, settings = split_args({"ingress_replicas": "2", "model": "m", "num_replicas": 3})
+    assert n == 2 and ServeConfig.from_dict(settings).num_replicas == 3
+    with pytest.raises(ValueError, match="ingress_replicas"):
+        ServeConfig.from_dict({"ingress_replicas": 2, "model": "m"})
