@@ -252,3 +252,7 @@ class EngineConfig:
     max_model_len: int = 8192
     # vLLM v1 caps one long prompt's chunk per step so that it cannot take the whole budget.
     long_prefill_token_threshold: int = 0  # 0: no cap beyond the step budget
+    # vLLM's automatic prefix caching: freed full blocks stay cached and a later request (a
+    # resume of the same one, or one with the same prompt) skips their prefill. vLLM's own
+    # default is on; off here keeps earlier simulated results reproducible.
+    enable_prefix_caching: bool = False

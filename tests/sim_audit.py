@@ -65,6 +65,9 @@ class AuditedEngine(SimulatedEngine):
         held = sum(s.blocks for s in self.running)
         assert 0 <= kv.free <= kv.num_blocks
         assert kv.free + held == kv.num_blocks, "KV blocks neither free nor held by a request"
+        assert 0 <= kv.cached <= kv.free, "more cached blocks than free ones"
+        if not cfg.enable_prefix_caching:
+            assert kv.cached == 0
         assert all(s.blocks == 0 for s in result.preempted + result.done)
         assert len(self.running) <= cfg.max_num_seqs
         assert result.batch_size <= cfg.max_num_seqs
@@ -117,12 +120,14 @@ def make_engine(
     max_num_batched_tokens: int = 512,
     num_kv_blocks: int = 64,
     long_prefill_token_threshold: int = 0,
+    enable_prefix_caching: bool = False,
 ) -> AuditedEngine:
     config = EngineConfig(
         max_num_seqs=max_num_seqs,
         max_num_batched_tokens=max_num_batched_tokens,
         num_kv_blocks=num_kv_blocks,
         long_prefill_token_threshold=long_prefill_token_threshold,
+        enable_prefix_caching=enable_prefix_caching,
     )
     engine = AuditedEngine(ledger, replica_id, config, STEP_TIME, num_kv_blocks)
     ledger.engines.append(engine)

@@ -189,6 +189,11 @@ def register(
         default=None,
         help="KV blocks per replica (default: from the profile's memory model)",
     )
+    e.add_argument(
+        "--prefix-caching",
+        action="store_true",
+        help="vLLM's automatic prefix caching in the engines (freed blocks kept, LRU-evicted)",
+    )
     r = p.add_argument_group("run")
     r.add_argument(
         "--until-completions",
@@ -266,6 +271,7 @@ def run(args: argparse.Namespace) -> int:
             max_num_seqs=args.max_num_seqs,
             max_num_batched_tokens=args.max_num_batched_tokens,
             num_kv_blocks=args.num_kv_blocks,
+            enable_prefix_caching=args.prefix_caching,
         )
         slos = slo_config(args.slo_class, args.slo_default)
         results: list[SimulationResult] = []

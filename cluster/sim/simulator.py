@@ -73,10 +73,15 @@ class SimulationResult:
     time_to_k_s: float | None = None
     stopped_by: str = "drained"
     extra: dict = field(default_factory=dict)
+    # Context tokens of all engine (re)admissions, and those found in the prefix cache.
+    admitted_tokens: int = 0
+    cached_tokens: int = 0
 
     def to_dict(self) -> dict:
         out = {"policy": self.policy, **self.metrics.to_dict()}
         out["preemptions"] = self.engine_preemptions
+        if self.admitted_tokens:
+            out["prefix_cache_hit_rate"] = self.cached_tokens / self.admitted_tokens
         out.update(
             slices=self.slices,
             unfinished=self.unfinished,
@@ -103,6 +108,7 @@ def to_request(item: WorkloadItem) -> Request:
         predicted_tokens=item.predicted_tokens,
         slo=item.slo,
         tenant=item.tenant,
+        prefix_key=item.prompt,
     )
 
 
@@ -263,6 +269,8 @@ def simulate(
         wall_time_s=time.perf_counter() - wall_start,
         engine_steps=sum(e.steps for e in engines),
         engine_preemptions=sum(e.preemptions for e in engines),
+        admitted_tokens=sum(e.admitted_tokens for e in engines),
+        cached_tokens=sum(e.cached_tokens for e in engines),
         slices=scheduler.stats().slices,
         unfinished=unfinished,
         shed=scheduler.stats().shed,
