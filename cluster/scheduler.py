@@ -20,7 +20,7 @@ from cluster.latency_model import LatencyModel
 from cluster.metrics import SchedulerStats
 from cluster.policies import make_queue
 from cluster.rank_quality import RankQualityMonitor
-from cluster.replicas import ReplicaView
+from cluster.replicas import ReplicaSet, ReplicaView
 from cluster.request import Request, RequestState
 from cluster.routing import make_routing
 from cluster.service_rate import ServiceRate
@@ -39,7 +39,7 @@ class Scheduler:
         profile); None: the profile the policy config names."""
         self.clock = clock
         self.latency = latency
-        self._replicas: dict[str, ReplicaView] = {}
+        self._replicas = ReplicaSet()
         self._requests: dict[str, Request] = {}
         self._seq = itertools.count()
         self._finished = 0
@@ -48,7 +48,6 @@ class Scheduler:
         self._rounds_before = 0  # rounds counted by queues replaced in `reconfigure`
         self._rejected: list[Request] = []
         self._shed: Counter[ShedReason] = Counter()
-        self._draining: set[str] = set()  # replicas that take no new request (to be removed)
         self.config = config
         self.queue = make_queue(config.policy, config.slo, latency)
         self.routing = make_routing(config)
@@ -85,49 +84,38 @@ class Scheduler:
     def add_replica(
         self, replica_id: str, max_num_seqs: int, total_kv_blocks: int, block_size: int
     ) -> None:
-        if replica_id in self._replicas:
-            raise ValueError(f"replica {replica_id} is already registered")
-        self._replicas[replica_id] = ReplicaView(
-            replica_id, max_num_seqs, total_kv_blocks, block_size, total_kv_blocks
-        )
+        self._replicas.add(replica_id, max_num_seqs, total_kv_blocks, block_size)
 
     def remove_replica(self, replica_id: str) -> list[Request]:
         """A replica is gone: its requests return to the queue with the tokens they have, and
         will continue elsewhere."""
-        view = self._replicas.pop(replica_id)
-        self._draining.discard(replica_id)
-        returned = []
-        for request_id in sorted(view.assigned):
-            request = self._requests[request_id]
+        view = self._replicas.remove(replica_id)
+        returned = [self._requests[rid] for rid in sorted(view.assigned)]
+        for request in returned:
             self._requeue(request)
-            returned.append(request)
         return returned
 
     @property
     def replica_ids(self) -> list[str]:
-        return list(self._replicas)
+        return self._replicas.ids
 
     def drain(self, replica_id: str) -> None:
         """Send the replica no new request; what runs there finishes (see `is_idle`)."""
-        if replica_id not in self._replicas:
-            raise ValueError(f"unknown replica {replica_id}")
-        self._draining.add(replica_id)
+        self._replicas.drain(replica_id)
 
     def undrain(self, replica_id: str) -> None:
-        self._draining.discard(replica_id)
+        self._replicas.undrain(replica_id)
 
     @property
     def draining(self) -> list[str]:
-        return [r for r in self._replicas if r in self._draining]
+        return self._replicas.draining
 
     def is_idle(self, replica_id: str) -> bool:
         return not self._replicas[replica_id].assigned
 
     def ongoing(self) -> int:
         """Requests dispatched to or running on the serving (not draining) replicas."""
-        return sum(
-            len(v.assigned) for v in self._replicas.values() if v.replica_id not in self._draining
-        )
+        return self._replicas.ongoing()
 
     # ---- requests -------------------------------------------------------------------------
 
@@ -193,7 +181,7 @@ class Scheduler:
             queued = [r for r in self._requests.values() if r.state is RequestState.QUEUED]
             for request in self.admission.expired(queued, now):
                 self._refuse(request, self.admission.timeout_refusal(request, now))
-        replicas = [v for v in self._replicas.values() if v.replica_id not in self._draining]
+        replicas = self._replicas.serving()
         if not self.queue or not replicas:
             return []
         if self.queue.wants_plan(now):
