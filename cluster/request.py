@@ -87,6 +87,11 @@ class Request:
         return min(self.output_tokens, self.max_tokens)
 
     @property
+    def context(self) -> int:
+        """Tokens a dispatch starts from: the prompt and what it generated so far."""
+        return self.prompt_tokens + self.generated
+
+    @property
     def remaining_tokens(self) -> int:
         return self.target_tokens - self.generated
 

@@ -73,12 +73,13 @@ class AuditedEngine(SimulatedEngine):
         assert result.batch_size <= cfg.max_num_seqs
 
         # Tokens computed this step: progress of those running before (a victim's tokens were
-        # given back, its progress reset) plus the whole progress of those admitted now.
+        # given back, its progress reset) plus the progress of those admitted now beyond what
+        # they found in the prefix cache.
         preempted = {id(s) for s in result.preempted}
         started = {id(s) for s in result.started}
         progressed = {id(s): s for s in self.running + result.done + result.started}
         tokens = sum(
-            s.num_computed - (0 if k in started else before[k])
+            s.num_computed - (s.cached_tokens if k in started else before[k])
             for k, s in progressed.items()
             if k not in preempted and (k in before or k in started)
         )
@@ -153,6 +154,8 @@ def drive(
     while max_rounds is None or rounds < max_rounds:
         for d in scheduler.schedule():
             engines[d.replica_id].add(d)
+        for end in scheduler.take_early_ends():
+            engines[end.replica_id].end_early(end.request_id)
         active = [e for e in engines.values() if e.has_work()]
         if not active:
             break

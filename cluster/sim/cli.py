@@ -16,6 +16,7 @@ from cluster.config import (
     AdmissionConfig,
     EngineConfig,
     PolicyConfig,
+    PreemptionConfig,
     SchedulerConfig,
     SLOClass,
     SLOConfig,
@@ -147,6 +148,16 @@ def register(
         "one result; the served scheduler's default is "
         f"{SLOSearchConfig().max_wall_ms:g} ms)",
     )
+    s.add_argument(
+        "--preemption",
+        action="store_true",
+        help="scheduler-driven preemption: end a long request's dispatch for a short waiting one",
+    )
+    s.add_argument("--preempt-min-run-tokens", type=int, default=PreemptionConfig().min_run_tokens)
+    s.add_argument(
+        "--preempt-max-per-request", type=int, default=PreemptionConfig().max_per_request
+    )
+    s.add_argument("--preempt-gain-ratio", type=float, default=PreemptionConfig().min_gain_ratio)
     a = p.add_argument_group("admission (off by default: whole bursts are queued)")
     a.add_argument("--max-queued", type=int, default=None, help="refuse past this queue length")
     a.add_argument(
@@ -298,6 +309,12 @@ def run(args: argparse.Namespace) -> int:
                     queue_timeout_s=args.queue_timeout,
                 ),
                 slo=slos,
+                preemption=PreemptionConfig(
+                    enabled=args.preemption,
+                    min_run_tokens=args.preempt_min_run_tokens,
+                    max_per_request=args.preempt_max_per_request,
+                    min_gain_ratio=args.preempt_gain_ratio,
+                ),
             )
             config = SimulationConfig(
                 scheduler,

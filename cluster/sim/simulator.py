@@ -68,6 +68,7 @@ class SimulationResult:
     engine_steps: int
     engine_preemptions: int
     slices: int
+    scheduler_preemptions: int
     unfinished: int
     shed: dict[str, int] = field(default_factory=dict)  # by admission control, by reason
     time_to_k_s: float | None = None
@@ -80,6 +81,8 @@ class SimulationResult:
     def to_dict(self) -> dict:
         out = {"policy": self.policy, **self.metrics.to_dict()}
         out["preemptions"] = self.engine_preemptions
+        if self.scheduler_preemptions:
+            out["scheduler_preemptions"] = self.scheduler_preemptions
         if self.admitted_tokens:
             out["prefix_cache_hit_rate"] = self.cached_tokens / self.admitted_tokens
         out.update(
@@ -235,6 +238,8 @@ def simulate(
             except ValueError as err:  # longer than the engine's max_model_len: fails alone
                 scheduler.fail(d.request.request_id, str(err))
         scheduler.take_rejected()  # already FAILED; the simulator only counts them
+        for end in scheduler.take_early_ends():  # preempted: each ends after its next token
+            by_id[end.replica_id].end_early(end.request_id)
         for engine in by_id.values():
             if engine.replica_id in busy or not engine.has_work():
                 continue
@@ -272,6 +277,7 @@ def simulate(
         admitted_tokens=sum(e.admitted_tokens for e in engines),
         cached_tokens=sum(e.cached_tokens for e in engines),
         slices=scheduler.stats().slices,
+        scheduler_preemptions=scheduler.stats().preemptions,
         unfinished=unfinished,
         shed=scheduler.stats().shed,
         time_to_k_s=time_to_k,
