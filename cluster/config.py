@@ -273,7 +273,8 @@ class EngineConfig:
     max_model_len: int = 8192
     # vLLM v1 caps one long prompt's chunk per step so that it cannot take the whole budget.
     long_prefill_token_threshold: int = 0  # 0: no cap beyond the step budget
-    # vLLM's automatic prefix caching: freed full blocks stay cached and a later request (a
-    # resume of the same one, or one with the same prompt) skips their prefill. vLLM's own
-    # default is on; off here keeps earlier simulated results reproducible.
+    # The simulated engine's automatic prefix caching: freed full blocks stay cached and a
+    # later request (a resume of the same one, or one with the same prompt) skips their
+    # prefill. Off here so that earlier simulated results stay reproducible; the live vLLM
+    # engines are not passed it and run with vLLM's default (CacheConfig: on).
     enable_prefix_caching: bool = False

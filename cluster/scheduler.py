@@ -199,7 +199,8 @@ class Scheduler:
             self.queue.begin_round(now)
         rejected: list[Request] = []
         headroom = self.config.kv_headroom_fraction
-        for request in () if blocked else self.queue.ordered(now):
+        priority = lambda r: self.queue.priority(r, now)  # noqa: E731
+        for request in () if blocked else self._swaps.order(self.queue.ordered(now), priority):
             view = self.routing.choose(replicas, context := request.context)
             if view is not None:
                 dispatches.append(self._dispatch(request, view, now))
@@ -211,8 +212,8 @@ class Scheduler:
         for d in dispatches:
             self.queue.remove(d.request)
         if blocked and self.config.preemption.enabled and self.queue:
-            priority = lambda r: self.queue.priority(r, now)  # noqa: E731
-            self._swaps.consider(self.queue.ordered(now), priority, replicas, self._requests)
+            order = self._swaps.order(self.queue.ordered(now), priority)
+            self._swaps.consider(order, priority, replicas, self._requests)
         for request in rejected:
             error = f"{request.context} tokens of context do not fit in any replica's KV cache"
             self.fail(request.request_id, error)

@@ -4,7 +4,11 @@ end early (`EarlyEnd`), and the waiting request each freed slot is promised to.
 An engine ends such a dispatch after the victim's next token and reports it ended with
 `FinishReason.PREEMPT`; the scheduler requeues the victim with its tokens (as at a slice end),
 and the next round gives the promised request that replica before anything else, so that the
-victim, which the policy may still rank ahead, does not take its slot back."""
+victim, which the policy may still rank ahead, does not take its slot back.
+
+A preempted request is then ranked with what it has (`order`): behind every queued request
+expected min_gain_ratio times shorter than its expected remaining, else where the policy puts
+it. Starvation protection is unchanged: once the policy promotes it, it goes first again."""
 
 from __future__ import annotations
 
@@ -13,7 +17,8 @@ from dataclasses import dataclass
 
 from cluster.config import PreemptionConfig
 from cluster.latency_model import LatencyModel
-from cluster.preemption import Running, choose_swap
+from cluster.policies.base import PROMOTED_PRIORITY
+from cluster.preemption import Running, choose_swap, expected_remaining
 from cluster.replicas import ReplicaView
 from cluster.request import Request, RequestState
 from cluster.routing import Routing
@@ -58,6 +63,32 @@ class Swaps:
                 continue
             if routing.choose([view], waiting.context) is not None:
                 yield waiting, view
+
+    def order(
+        self, ordered: Iterator[Request], priority: Callable[[Request], float]
+    ) -> Iterator[Request]:
+        """The queue's policy order with preempted requests moved behind the much shorter ones
+        (with preemption off, the policy order itself)."""
+        if not self.config.enabled:
+            yield from ordered
+            return
+        held: list[tuple[float, Request]] = []  # preempted, waiting for their place
+        for request in ordered:
+            e = expected_remaining(request)
+            if held and e is not None:
+                ratio = self.config.min_gain_ratio
+                keep = [(ev, v) for ev, v in held if ev >= ratio * max(1.0, e)]
+                for ev, v in held:
+                    if ev < ratio * max(1.0, e):
+                        yield v
+                held = keep
+            deferrable = request.scheduler_preemptions and priority(request) != PROMOTED_PRIORITY
+            if deferrable and e is not None:
+                held.append((e, request))
+            else:
+                yield request
+        for _, v in held:
+            yield v
 
     def consider(
         self,

@@ -75,3 +75,12 @@ def test_a_lazy_entry_is_imported_on_first_use_only():
     assert registry["json"] is json.dumps
     with pytest.raises(ValueError, match="unknown thing 'xml'; choose one of json, direct"):
         registry["xml"]
+
+
+def test_the_serve_config_refuses_preemption_that_the_live_path_cannot_carry_out():
+    from serve_app.config import ServeConfig
+
+    data = {"model": "/models/tiny", "scheduler": {"preemption": {"enabled": "true"}}}
+    with pytest.raises(ValueError, match="scheduler.preemption: simulator only"):
+        ServeConfig.from_dict(data)
+    assert not ServeConfig.from_dict({"model": "/models/tiny"}).scheduler.preemption.enabled
