@@ -217,6 +217,26 @@ class AutoscalingConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class PreemptionConfig:
+    """Scheduler-driven preemption (`cluster.preemption`): end a running request's dispatch
+    early so that a waiting request ranked well ahead of it takes its slot."""
+
+    enabled: bool = False
+    # Minimum run quantum: tokens a dispatch generates before it may be cut.
+    min_run_tokens: int = 16
+    max_per_request: int = 2  # a request is preempted at most this often
+    # The victim's expected remaining tokens must be at least this many times the waiting one's.
+    min_gain_ratio: float = 4.0
+    max_per_round: int = 8  # early ends decided per scheduling round
+
+    def __post_init__(self) -> None:
+        if self.min_run_tokens < 1 or self.max_per_request < 0 or self.max_per_round < 1:
+            raise ValueError("min_run_tokens and max_per_round must be >= 1, max_per_request >= 0")
+        if self.min_gain_ratio < 1.0:
+            raise ValueError("min_gain_ratio must be >= 1")
+
+
+@dataclass(frozen=True, slots=True)
 class SchedulerConfig:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     admission: AdmissionConfig = field(default_factory=AdmissionConfig)
@@ -235,6 +255,7 @@ class SchedulerConfig:
     routing_seed: int = 0  # power_of_two's random choices
     autoscaling: AutoscalingConfig = field(default_factory=AutoscalingConfig)
     slo: SLOConfig = field(default_factory=SLOConfig)
+    preemption: PreemptionConfig = field(default_factory=PreemptionConfig)
 
     def __post_init__(self) -> None:
         ROUTINGS.check(self.routing)
@@ -252,3 +273,8 @@ class EngineConfig:
     max_model_len: int = 8192
     # vLLM v1 caps one long prompt's chunk per step so that it cannot take the whole budget.
     long_prefill_token_threshold: int = 0  # 0: no cap beyond the step budget
+    # The simulated engine's automatic prefix caching: freed full blocks stay cached and a
+    # later request (a resume of the same one, or one with the same prompt) skips their
+    # prefill. Off here so that earlier simulated results stay reproducible; the live vLLM
+    # engines are not passed it and run with vLLM's default (CacheConfig: on).
+    enable_prefix_caching: bool = False

@@ -18,6 +18,9 @@ class FinishReason(enum.Enum):
     LENGTH = "length"  # the request's max_tokens
     SLICE = "slice"  # the dispatch's token budget, with more of the request to do
     ABORT = "abort"  # aborted in the engine (client gone, or the scheduler asked)
+    # The scheduler ended the dispatch early to give its slot to a request it ranks ahead
+    # (cluster.preemption); like SLICE, the request returns to the queue with its tokens.
+    PREEMPT = "preempt"
 
     @property
     def ends_request(self) -> bool:
@@ -36,6 +39,8 @@ class EngineEvents:
     tokens: dict[str, int] = field(default_factory=dict)  # request id -> new tokens
     ended: dict[str, FinishReason] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)  # request id -> error
+    # request id -> context tokens found in the prefix cache when it was (re)admitted
+    cached: dict[str, int] = field(default_factory=dict)
 
     @property
     def has_events(self) -> bool:
@@ -44,9 +49,11 @@ class EngineEvents:
     def merge_before(self, later: EngineEvents) -> EngineEvents:
         """These events followed by `later`'s (a report that could not be delivered, put back
         in front of what happened since)."""
-        tokens = dict(self.tokens)
+        tokens, cached = dict(self.tokens), dict(self.cached)
         for rid, n in later.tokens.items():
             tokens[rid] = tokens.get(rid, 0) + n
+        for rid, n in later.cached.items():
+            cached[rid] = cached.get(rid, 0) + n
         return EngineEvents(
             self.replica_id,
             later.load or self.load,
@@ -55,4 +62,5 @@ class EngineEvents:
             tokens,
             {**self.ended, **later.ended},
             {**self.failed, **later.failed},
+            cached,
         )

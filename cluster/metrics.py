@@ -162,3 +162,4 @@ class SchedulerStats:
     rounds: int
     slices: int
     shed: dict[str, int]  # refused or dropped from the queue, by ShedReason value
+    preemptions: int = 0  # dispatches the scheduler ended early (cluster.preemption)

@@ -68,3 +68,58 @@ class ReplicaView:
     def can_ever_hold(self, tokens: int, headroom_fraction: float) -> bool:
         """Whether this replica's cache, empty, could hold this context and its next token."""
         return self.blocks_for(tokens + 1) <= (1 - headroom_fraction) * self.total_kv_blocks
+
+
+class ReplicaSet:
+    """The replicas the scheduler dispatches to, and which of them drain: take no new request,
+    while what runs there finishes, until they are removed."""
+
+    def __init__(self) -> None:
+        self._views: dict[str, ReplicaView] = {}
+        self._draining: set[str] = set()
+
+    def add(
+        self, replica_id: str, max_num_seqs: int, total_kv_blocks: int, block_size: int
+    ) -> None:
+        if replica_id in self._views:
+            raise ValueError(f"replica {replica_id} is already registered")
+        self._views[replica_id] = ReplicaView(
+            replica_id, max_num_seqs, total_kv_blocks, block_size, total_kv_blocks
+        )
+
+    def remove(self, replica_id: str) -> ReplicaView:
+        self._draining.discard(replica_id)
+        return self._views.pop(replica_id)
+
+    def __contains__(self, replica_id: object) -> bool:
+        return replica_id in self._views
+
+    def __getitem__(self, replica_id: str) -> ReplicaView:
+        return self._views[replica_id]
+
+    def get(self, replica_id: str) -> ReplicaView | None:
+        return self._views.get(replica_id)
+
+    @property
+    def ids(self) -> list[str]:
+        return list(self._views)
+
+    def drain(self, replica_id: str) -> None:
+        if replica_id not in self._views:
+            raise ValueError(f"unknown replica {replica_id}")
+        self._draining.add(replica_id)
+
+    def undrain(self, replica_id: str) -> None:
+        self._draining.discard(replica_id)
+
+    @property
+    def draining(self) -> list[str]:
+        return [r for r in self._views if r in self._draining]
+
+    def serving(self) -> list[ReplicaView]:
+        """The replicas that take new requests."""
+        return [v for v in self._views.values() if v.replica_id not in self._draining]
+
+    def ongoing(self) -> int:
+        """Requests dispatched to or running on the serving replicas."""
+        return sum(len(v.assigned) for v in self.serving())

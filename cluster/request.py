@@ -58,6 +58,9 @@ class Request:
     slo: str | None = None
     tenant: str | None = None
     priority_hint: int | None = None
+    # Identity of the prompt's tokens for prefix caching: requests with the same key have the
+    # same prompt (the simulator keys by prompt text). None: unique to this request.
+    prefix_key: str | None = None
 
     state: RequestState = RequestState.QUEUED
     generated: int = 0  # tokens produced so far, across slices and replicas
@@ -68,6 +71,10 @@ class Request:
     max_token_gap: float = 0.0  # largest gap between two consecutive tokens
     num_preemptions: int = 0
     num_dispatches: int = 0
+    scheduler_preemptions: int = 0  # dispatches the scheduler ended early (cluster.preemption)
+    cached_tokens: int = 0  # context tokens the engines found in their prefix caches
+    dispatch_start_tokens: int = 0  # `generated` when the current dispatch was decided
+    dispatch_priority: float = 0.0  # the policy's priority when it was dispatched
     error: str | None = None
     refusal: Refusal | None = None  # set when admission control dropped it from the queue
     seq: int = field(default=0)  # arrival order, set by the scheduler; tie-breaker everywhere
@@ -78,6 +85,11 @@ class Request:
         if self.output_tokens is None:
             return self.max_tokens
         return min(self.output_tokens, self.max_tokens)
+
+    @property
+    def context(self) -> int:
+        """Tokens a dispatch starts from: the prompt and what it generated so far."""
+        return self.prompt_tokens + self.generated
 
     @property
     def remaining_tokens(self) -> int:

@@ -20,11 +20,12 @@ from cluster.latency_model import LatencyModel
 from cluster.metrics import SchedulerStats
 from cluster.policies import make_queue
 from cluster.rank_quality import RankQualityMonitor
-from cluster.replicas import ReplicaView
+from cluster.replicas import ReplicaSet, ReplicaView
 from cluster.request import Request, RequestState
 from cluster.routing import make_routing
 from cluster.service_rate import ServiceRate
 from cluster.slo_attainment import SLOAttainment
+from cluster.swaps import EarlyEnd, Swaps
 
 
 class UnknownRequest(KeyError):
@@ -39,18 +40,16 @@ class Scheduler:
         profile); None: the profile the policy config names."""
         self.clock = clock
         self.latency = latency
-        self._replicas: dict[str, ReplicaView] = {}
+        self._replicas = ReplicaSet()
         self._requests: dict[str, Request] = {}
         self._seq = itertools.count()
-        self._finished = 0
-        self._failed = 0
-        self._slices = 0
+        self._finished = self._failed = self._slices = 0
         self._rounds_before = 0  # rounds counted by queues replaced in `reconfigure`
         self._rejected: list[Request] = []
         self._shed: Counter[ShedReason] = Counter()
-        self._draining: set[str] = set()  # replicas that take no new request (to be removed)
         self.config = config
         self.queue = make_queue(config.policy, config.slo, latency)
+        self._swaps = Swaps(config.preemption, self.latency, config.policy.slo_search.profile)
         self.routing = make_routing(config)
         self.admission = AdmissionControl(config.admission)
         self.rate = ServiceRate()
@@ -71,6 +70,7 @@ class Scheduler:
             self.slo_attainment = SLOAttainment(config.slo)
         self.config = config
         self.queue = make_queue(config.policy, config.slo, self.latency)
+        self._swaps = Swaps(config.preemption, self.latency, config.policy.slo_search.profile)
         self.routing = make_routing(config)
         self.admission = AdmissionControl(config.admission)
 
@@ -85,49 +85,38 @@ class Scheduler:
     def add_replica(
         self, replica_id: str, max_num_seqs: int, total_kv_blocks: int, block_size: int
     ) -> None:
-        if replica_id in self._replicas:
-            raise ValueError(f"replica {replica_id} is already registered")
-        self._replicas[replica_id] = ReplicaView(
-            replica_id, max_num_seqs, total_kv_blocks, block_size, total_kv_blocks
-        )
+        self._replicas.add(replica_id, max_num_seqs, total_kv_blocks, block_size)
 
     def remove_replica(self, replica_id: str) -> list[Request]:
         """A replica is gone: its requests return to the queue with the tokens they have, and
         will continue elsewhere."""
-        view = self._replicas.pop(replica_id)
-        self._draining.discard(replica_id)
-        returned = []
-        for request_id in sorted(view.assigned):
-            request = self._requests[request_id]
+        view = self._replicas.remove(replica_id)
+        returned = [self._requests[rid] for rid in sorted(view.assigned)]
+        for request in returned:
             self._requeue(request)
-            returned.append(request)
         return returned
 
     @property
     def replica_ids(self) -> list[str]:
-        return list(self._replicas)
+        return self._replicas.ids
 
     def drain(self, replica_id: str) -> None:
         """Send the replica no new request; what runs there finishes (see `is_idle`)."""
-        if replica_id not in self._replicas:
-            raise ValueError(f"unknown replica {replica_id}")
-        self._draining.add(replica_id)
+        self._replicas.drain(replica_id)
 
     def undrain(self, replica_id: str) -> None:
-        self._draining.discard(replica_id)
+        self._replicas.undrain(replica_id)
 
     @property
     def draining(self) -> list[str]:
-        return [r for r in self._replicas if r in self._draining]
+        return self._replicas.draining
 
     def is_idle(self, replica_id: str) -> bool:
         return not self._replicas[replica_id].assigned
 
     def ongoing(self) -> int:
         """Requests dispatched to or running on the serving (not draining) replicas."""
-        return sum(
-            len(v.assigned) for v in self._replicas.values() if v.replica_id not in self._draining
-        )
+        return self._replicas.ongoing()
 
     # ---- requests -------------------------------------------------------------------------
 
@@ -193,7 +182,7 @@ class Scheduler:
             queued = [r for r in self._requests.values() if r.state is RequestState.QUEUED]
             for request in self.admission.expired(queued, now):
                 self._refuse(request, self.admission.timeout_refusal(request, now))
-        replicas = [v for v in self._replicas.values() if v.replica_id not in self._draining]
+        replicas = self._replicas.serving()
         if not self.queue or not replicas:
             return []
         if self.queue.wants_plan(now):
@@ -201,31 +190,39 @@ class Scheduler:
             self.queue.plan(now, list(zip(replicas, held, strict=True)))
         for view in replicas:
             view.slot_limit = self.queue.concurrency_limit(view.replica_id)
-        if not self.routing.has_room(replicas):
-            return []
-        self.queue.begin_round(now)
         dispatches: list[Dispatch] = []
+        for waiting, view in self._swaps.freed(replicas, self.routing):  # (cluster.swaps)
+            dispatches.append(self._dispatch(waiting, view, now))
+            self.queue.remove(waiting)
+        blocked = not self.routing.has_room(replicas)
+        if not blocked:
+            self.queue.begin_round(now)
         rejected: list[Request] = []
         headroom = self.config.kv_headroom_fraction
-        for request in self.queue.ordered(now):
-            context = request.prompt_tokens + request.generated
-            view = self.routing.choose(replicas, context)
+        priority = lambda r: self.queue.priority(r, now)  # noqa: E731
+        for request in () if blocked else self._swaps.order(self.queue.ordered(now), priority):
+            view = self.routing.choose(replicas, context := request.context)
             if view is not None:
                 dispatches.append(self._dispatch(request, view, now))
             elif not any(v.can_ever_hold(context, headroom) for v in replicas):
                 rejected.append(request)
             else:
+                blocked = True
                 break
         for d in dispatches:
             self.queue.remove(d.request)
+        if blocked and self.config.preemption.enabled and self.queue:
+            order = self._swaps.order(self.queue.ordered(now), priority)
+            self._swaps.consider(order, priority, replicas, self._requests)
         for request in rejected:
-            self.fail(
-                request.request_id,
-                f"{request.prompt_tokens + request.generated} tokens of context do not "
-                "fit in any replica's KV cache",
-            )
+            error = f"{request.context} tokens of context do not fit in any replica's KV cache"
+            self.fail(request.request_id, error)
             self._rejected.append(request)
         return dispatches
+
+    def take_early_ends(self) -> list[EarlyEnd]:
+        """Dispatches preempted (`cluster.swaps`) since the last call, for their engines."""
+        return self._swaps.take_early_ends()
 
     def take_rejected(self) -> list[Request]:
         """Requests the scheduler failed on its own since the last call: no replica could ever
@@ -236,17 +233,16 @@ class Scheduler:
 
     def _dispatch(self, request: Request, view: ReplicaView, now: float) -> Dispatch:
         remaining = request.remaining_tokens
-        budget = remaining
-        for limit in (self.config.slice_tokens, self.queue.slice_limit(request)):
-            if limit is not None:
-                budget = min(budget, limit)
-        budget = max(1, budget)
-        priority = engine_priority(self.queue.priority(request, now))
+        limits = (remaining, self.config.slice_tokens, self.queue.slice_limit(request))
+        budget = max(1, min(limit for limit in limits if limit is not None))
+        priority = self.queue.priority(request, now)
         request.transition(RequestState.DISPATCHED)
         request.replica_id = view.replica_id
         request.num_dispatches += 1
-        view.assign(request.request_id, view.blocks_for(request.prompt_tokens + request.generated))
-        return Dispatch(request, view.replica_id, priority, budget, final=budget >= remaining)
+        request.dispatch_start_tokens, request.dispatch_priority = request.generated, priority
+        view.assign(request.request_id, view.blocks_for(request.context))
+        final = budget >= remaining
+        return Dispatch(request, view.replica_id, engine_priority(priority), budget, final=final)
 
     def apply(self, events: EngineEvents) -> list[Request]:
         """Take in one replica's news. Returns the requests that it ended (finished or failed).
@@ -263,6 +259,9 @@ class Scheduler:
                 self._running(request)
         now = self.clock.now()
         tokens = 0
+        for rid, count in events.cached.items():
+            if (request := self._active(rid, here)) is not None:
+                request.cached_tokens += count
         for rid, count in events.tokens.items():
             if (request := self._active(rid, here)) is not None:
                 request.record_tokens(count, now)
@@ -270,8 +269,8 @@ class Scheduler:
         for rid, reason in events.ended.items():
             if (request := self._active(rid, here)) is None:
                 continue
-            if reason is FinishReason.SLICE:
-                self._slices += 1
+            if reason in (FinishReason.SLICE, FinishReason.PREEMPT):
+                self._slices += reason is FinishReason.SLICE
                 self._requeue(request)
             elif reason is FinishReason.ABORT:
                 self.fail(rid, "aborted")
@@ -349,6 +348,7 @@ class Scheduler:
             failed=self._failed,
             rounds=self._rounds_before + self.queue.round,
             slices=self._slices,
+            preemptions=self._swaps.count,
             shed={reason.value: n for reason, n in self._shed.items()},
         )
 

@@ -65,17 +65,21 @@ class AuditedEngine(SimulatedEngine):
         held = sum(s.blocks for s in self.running)
         assert 0 <= kv.free <= kv.num_blocks
         assert kv.free + held == kv.num_blocks, "KV blocks neither free nor held by a request"
+        assert 0 <= kv.cached <= kv.free, "more cached blocks than free ones"
+        if not cfg.enable_prefix_caching:
+            assert kv.cached == 0
         assert all(s.blocks == 0 for s in result.preempted + result.done)
         assert len(self.running) <= cfg.max_num_seqs
         assert result.batch_size <= cfg.max_num_seqs
 
         # Tokens computed this step: progress of those running before (a victim's tokens were
-        # given back, its progress reset) plus the whole progress of those admitted now.
+        # given back, its progress reset) plus the progress of those admitted now beyond what
+        # they found in the prefix cache.
         preempted = {id(s) for s in result.preempted}
         started = {id(s) for s in result.started}
         progressed = {id(s): s for s in self.running + result.done + result.started}
         tokens = sum(
-            s.num_computed - (0 if k in started else before[k])
+            s.num_computed - (s.cached_tokens if k in started else before[k])
             for k, s in progressed.items()
             if k not in preempted and (k in before or k in started)
         )
@@ -117,12 +121,14 @@ def make_engine(
     max_num_batched_tokens: int = 512,
     num_kv_blocks: int = 64,
     long_prefill_token_threshold: int = 0,
+    enable_prefix_caching: bool = False,
 ) -> AuditedEngine:
     config = EngineConfig(
         max_num_seqs=max_num_seqs,
         max_num_batched_tokens=max_num_batched_tokens,
         num_kv_blocks=num_kv_blocks,
         long_prefill_token_threshold=long_prefill_token_threshold,
+        enable_prefix_caching=enable_prefix_caching,
     )
     engine = AuditedEngine(ledger, replica_id, config, STEP_TIME, num_kv_blocks)
     ledger.engines.append(engine)
@@ -148,6 +154,8 @@ def drive(
     while max_rounds is None or rounds < max_rounds:
         for d in scheduler.schedule():
             engines[d.replica_id].add(d)
+        for end in scheduler.take_early_ends():
+            engines[end.replica_id].end_early(end.request_id)
         active = [e for e in engines.values() if e.has_work()]
         if not active:
             break

@@ -1,7 +1,8 @@
 """Property tests over random workloads: whatever the lengths, arrivals, policy, replicas,
-cache size (small enough to force preemption), slices and starvation settings, every request
-finishes exactly once with exactly its tokens, no KV block leaks (checked after every engine
-step), and a seed gives one result."""
+cache size (small enough to force preemption), slices, starvation settings, scheduler-driven
+preemption and prefix caching, every request finishes exactly once with exactly its tokens, no
+KV block leaks, cached ones included (checked after every engine step), and a seed gives one
+result."""
 
 from __future__ import annotations
 
@@ -13,7 +14,13 @@ import numpy as np
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from cluster.config import EngineConfig, PolicyConfig, SchedulerConfig, SLOSearchConfig
+from cluster.config import (
+    EngineConfig,
+    PolicyConfig,
+    PreemptionConfig,
+    SchedulerConfig,
+    SLOSearchConfig,
+)
 from cluster.policies import POLICIES
 from cluster.sim.simulator import SimulationConfig, simulate
 from cluster.sim.step_time import load_profile
@@ -43,11 +50,14 @@ def scenarios(draw, max_requests: int = 30) -> tuple[list[WorkloadItem], Simulat
     times = arrival_times(arrivals, n, seed)
     # Predictions: the true length with noise, so orders are good but not exact.
     noise = np.exp(np.random.default_rng(seed).normal(0.0, 0.7, size=n))
+    # A few prompts shared by several requests (same text, same length): prefix-cache hits.
+    shared = draw(st.lists(st.sampled_from([None, "a", "b"]), min_size=n, max_size=n))
+    prompt = [60 + ord(k) if k else p for k, p in zip(shared, prompt, strict=True)]
     items = [
         WorkloadItem(
             f"q{i}",
             float(times[i]),
-            None,
+            shared[i],
             prompt[i],
             output[i],
             score=math.log(output[i] * noise[i]),
@@ -82,11 +92,19 @@ def scenarios(draw, max_requests: int = 30) -> tuple[list[WorkloadItem], Simulat
             policy=policy,
             slice_tokens=draw(st.none() | st.integers(1, 40)),
             max_engine_waiting=draw(st.integers(0, 2)),
+            preemption=PreemptionConfig(
+                enabled=draw(st.booleans()),
+                min_run_tokens=draw(st.integers(1, 8)),
+                max_per_request=draw(st.integers(0, 3)),
+                min_gain_ratio=draw(st.sampled_from([1.0, 2.0, 4.0])),
+                max_per_round=draw(st.integers(1, 4)),
+            ),
         ),
         EngineConfig(
             max_num_seqs=draw(st.integers(1, 12)),
             max_num_batched_tokens=draw(st.sampled_from([16, 64, 512, 2048])),
             num_kv_blocks=blocks,
+            enable_prefix_caching=draw(st.booleans()),
         ),
         PROFILE,
         replicas=draw(st.integers(1, 3)),
@@ -105,6 +123,9 @@ def test_every_request_finishes_once_with_exactly_its_tokens_and_no_block_leaks(
     # Shown by --hypothesis-show-statistics: how often the hard paths were taken.
     event(f"preempted: {result.engine_preemptions > 0}")
     event(f"sliced: {result.slices > 0}")
+    event(f"scheduler preempted: {result.scheduler_preemptions > 0}")
+    event(f"prefix cache hit: {result.cached_tokens > 0}")
+    assert sum(r.scheduler_preemptions for r in result.requests) == result.scheduler_preemptions
     m = result.metrics
     for d in (m.e2e_latency_s, m.per_token_latency_s, m.ttft_s, m.max_wait_s):
         assert 0 <= d.p50 <= d.p99 <= d.max

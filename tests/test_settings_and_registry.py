@@ -85,3 +85,12 @@ def test_the_app_arguments_split_the_ingress_count_from_the_service_settings():
     assert n == 2 and ServeConfig.from_dict(settings).num_replicas == 3
     with pytest.raises(ValueError, match="ingress_replicas"):
         ServeConfig.from_dict({"ingress_replicas": 2, "model": "m"})
+
+
+def test_the_serve_config_refuses_preemption_that_the_live_path_cannot_carry_out():
+    from serve_app.config import ServeConfig
+
+    data = {"model": "/models/tiny", "scheduler": {"preemption": {"enabled": "true"}}}
+    with pytest.raises(ValueError, match="scheduler.preemption: simulator only"):
+        ServeConfig.from_dict(data)
+    assert not ServeConfig.from_dict({"model": "/models/tiny"}).scheduler.preemption.enabled

@@ -16,6 +16,7 @@ from cluster.config import (
     AdmissionConfig,
     EngineConfig,
     PolicyConfig,
+    PreemptionConfig,
     SchedulerConfig,
     SLOClass,
     SLOConfig,
@@ -147,6 +148,16 @@ def register(
         "one result; the served scheduler's default is "
         f"{SLOSearchConfig().max_wall_ms:g} ms)",
     )
+    s.add_argument(
+        "--preemption",
+        action="store_true",
+        help="scheduler-driven preemption: end a long request's dispatch for a short waiting one",
+    )
+    s.add_argument("--preempt-min-run-tokens", type=int, default=PreemptionConfig().min_run_tokens)
+    s.add_argument(
+        "--preempt-max-per-request", type=int, default=PreemptionConfig().max_per_request
+    )
+    s.add_argument("--preempt-gain-ratio", type=float, default=PreemptionConfig().min_gain_ratio)
     a = p.add_argument_group("admission (off by default: whole bursts are queued)")
     a.add_argument("--max-queued", type=int, default=None, help="refuse past this queue length")
     a.add_argument(
@@ -188,6 +199,11 @@ def register(
         type=int,
         default=None,
         help="KV blocks per replica (default: from the profile's memory model)",
+    )
+    e.add_argument(
+        "--prefix-caching",
+        action="store_true",
+        help="vLLM's automatic prefix caching in the engines (freed blocks kept, LRU-evicted)",
     )
     r = p.add_argument_group("run")
     r.add_argument(
@@ -266,6 +282,7 @@ def run(args: argparse.Namespace) -> int:
             max_num_seqs=args.max_num_seqs,
             max_num_batched_tokens=args.max_num_batched_tokens,
             num_kv_blocks=args.num_kv_blocks,
+            enable_prefix_caching=args.prefix_caching,
         )
         slos = slo_config(args.slo_class, args.slo_default)
         results: list[SimulationResult] = []
@@ -292,6 +309,12 @@ def run(args: argparse.Namespace) -> int:
                     queue_timeout_s=args.queue_timeout,
                 ),
                 slo=slos,
+                preemption=PreemptionConfig(
+                    enabled=args.preemption,
+                    min_run_tokens=args.preempt_min_run_tokens,
+                    max_per_request=args.preempt_max_per_request,
+                    min_gain_ratio=args.preempt_gain_ratio,
+                ),
             )
             config = SimulationConfig(
                 scheduler,

@@ -5,7 +5,9 @@ what it still needs (a decode token, or the next prefill chunk) from the step's 
 when the KV cache cannot grow, the lowest-priority running request is preempted by recompute
 (its blocks freed, its tokens recomputed when it is readmitted). Only if nothing was preempted,
 waiting requests are admitted in priority order while slots, budget and blocks last (chunked
-prefill). The step's duration comes from the calibrated step-time model.
+prefill). With prefix caching on, a (re)admitted request starts from the cached blocks of its
+prefix (`cluster.sim.kv_cache`) and computes only the rest. The step's duration comes from the
+calibrated step-time model.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from cluster.dispatch import Dispatch
 from cluster.events import EngineEvents, FinishReason
 from cluster.replicas import ReplicaLoad
 from cluster.request import Request
-from cluster.sim.kv_cache import KVBlockPool
+from cluster.sim.kv_cache import BlockKey, KVBlockPool, block_key
 from cluster.sim.step_time import StepTimeModel
 
 
@@ -35,6 +37,8 @@ class Sequence:
     num_computed: int = 0
     blocks: int = 0
     admitted: bool = False  # running since its last (re)admission
+    ended_early: bool = False  # the scheduler cut the dispatch short (`end_early`)
+    cached_tokens: int = 0  # found in the prefix cache at its last admission
 
     @property
     def num_tokens(self) -> int:
@@ -70,6 +74,10 @@ class SimulatedEngine:
         self.steps = 0
         self.busy_time = 0.0
         self.preemptions = 0
+        # With prefix caching: context tokens of every (re)admission, and how many of them the
+        # cache held.
+        self.admitted_tokens = 0
+        self.cached_tokens = 0
 
     def add(self, dispatch: Dispatch) -> None:
         request = dispatch.request
@@ -91,7 +99,28 @@ class SimulatedEngine:
         else:
             self._waiting = [e for e in self._waiting if e[2] is not seq]
             heapq.heapify(self._waiting)
-        self.kv.release(seq.blocks)
+        self._free(seq)
+
+    def end_early(self, request_id: str) -> bool:
+        """End the request's dispatch after its next token (the scheduler preempts it): the
+        engine reports it ended with PREEMPT, its freed blocks stay in the prefix cache. False
+        when the dispatch ends by then anyway (or is not here)."""
+        seq = self._by_id.get(request_id)
+        if seq is None or seq.new_tokens + 1 >= seq.max_new:
+            return False
+        seq.max_new = seq.new_tokens + 1
+        seq.final = False
+        seq.ended_early = True
+        return True
+
+    def _free(self, seq: Sequence) -> None:
+        """Release the sequence's blocks; with prefix caching, its computed full blocks stay
+        cached."""
+        keys: list[BlockKey] = []
+        if self.config.enable_prefix_caching:
+            size = self.kv.block_size
+            keys = [block_key(seq.request, i, size) for i in range(seq.num_computed // size)]
+        self.kv.release(seq.blocks, keys)
         seq.blocks = 0
 
     def has_work(self) -> bool:
@@ -114,16 +143,15 @@ class SimulatedEngine:
             preempted=[s.request.request_id for s in result.preempted],
             started=[s.request.request_id for s in result.started],
             tokens={s.request.request_id: 1 for s in result.sampled},
-            ended={
-                s.request.request_id: FinishReason.LENGTH if s.final else FinishReason.SLICE
-                for s in result.done
+            ended={s.request.request_id: _end_reason(s) for s in result.done},
+            cached={
+                s.request.request_id: s.cached_tokens for s in result.started if s.cached_tokens
             },
         )
 
     def _preempt(self, seq: Sequence, result: StepResult) -> None:
         self.running.remove(seq)
-        self.kv.release(seq.blocks)
-        seq.blocks = 0
+        self._free(seq)
         seq.num_computed = 0
         seq.admitted = False  # its readmission starts it running again
         heapq.heappush(self._waiting, (seq.priority, seq.request.seq, seq))
@@ -169,14 +197,20 @@ class SimulatedEngine:
 
         if not result.preempted:
             waiting = self._waiting
+            caching = self.config.enable_prefix_caching
             while waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
                 seq = waiting[0][2]
-                want = min(seq.num_tokens - seq.num_computed, chunk_cap, budget)
-                grown = kv.try_grow(seq.blocks, seq.num_computed + want)
+                hits = kv.cached_prefix(seq.request, seq.num_tokens) if caching else []
+                computed = len(hits) * kv.block_size  # waiting sequences hold no blocks
+                want = min(seq.num_tokens - computed, chunk_cap, budget)
+                grown = kv.try_grow(0, computed + want, hits)
                 if grown is None:
                     break
                 heapq.heappop(waiting)
-                seq.blocks = grown
+                seq.blocks, seq.num_computed, seq.cached_tokens = grown, computed, computed
+                if caching:
+                    self.admitted_tokens += seq.num_tokens
+                    self.cached_tokens += computed
                 self.running.append(seq)
                 if not seq.admitted:
                     seq.admitted = True
@@ -205,8 +239,7 @@ class SimulatedEngine:
                     result.done.append(seq)
         for seq in result.done:
             self.running.remove(seq)
-            kv.release(seq.blocks)
-            seq.blocks = 0
+            self._free(seq)
             del self._by_id[seq.request.request_id]
 
         result.duration = self.step_time.step_seconds(prefill, decode, ctx, sq, pctx, nprefill)
@@ -215,3 +248,9 @@ class SimulatedEngine:
         self.steps += 1
         self.busy_time += result.duration
         return result
+
+
+def _end_reason(seq: Sequence) -> FinishReason:
+    if seq.final:
+        return FinishReason.LENGTH
+    return FinishReason.PREEMPT if seq.ended_early else FinishReason.SLICE

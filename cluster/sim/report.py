@@ -24,6 +24,8 @@ _COLUMNS = [
     ("goodput", lambda r: r.metrics.goodput_rps, "{:.2f}"),
     ("tok/s", lambda r: r.metrics.throughput_tps, "{:.0f}"),
     ("preempt", lambda r: r.engine_preemptions, "{:d}"),
+    ("sched preempt", lambda r: r.scheduler_preemptions, "{:d}"),
+    ("cache hit %", lambda r: 100 * r.cached_tokens / max(1, r.admitted_tokens), "{:.1f}"),
 ]
 
 

@@ -68,15 +68,23 @@ class SimulationResult:
     engine_steps: int
     engine_preemptions: int
     slices: int
+    scheduler_preemptions: int
     unfinished: int
     shed: dict[str, int] = field(default_factory=dict)  # by admission control, by reason
     time_to_k_s: float | None = None
     stopped_by: str = "drained"
     extra: dict = field(default_factory=dict)
+    # Context tokens of all engine (re)admissions, and those found in the prefix cache.
+    admitted_tokens: int = 0
+    cached_tokens: int = 0
 
     def to_dict(self) -> dict:
         out = {"policy": self.policy, **self.metrics.to_dict()}
         out["preemptions"] = self.engine_preemptions
+        if self.scheduler_preemptions:
+            out["scheduler_preemptions"] = self.scheduler_preemptions
+        if self.admitted_tokens:
+            out["prefix_cache_hit_rate"] = self.cached_tokens / self.admitted_tokens
         out.update(
             slices=self.slices,
             unfinished=self.unfinished,
@@ -103,6 +111,7 @@ def to_request(item: WorkloadItem) -> Request:
         predicted_tokens=item.predicted_tokens,
         slo=item.slo,
         tenant=item.tenant,
+        prefix_key=item.prompt,
     )
 
 
@@ -229,6 +238,8 @@ def simulate(
             except ValueError as err:  # longer than the engine's max_model_len: fails alone
                 scheduler.fail(d.request.request_id, str(err))
         scheduler.take_rejected()  # already FAILED; the simulator only counts them
+        for end in scheduler.take_early_ends():  # preempted: each ends after its next token
+            by_id[end.replica_id].end_early(end.request_id)
         for engine in by_id.values():
             if engine.replica_id in busy or not engine.has_work():
                 continue
@@ -263,7 +274,10 @@ def simulate(
         wall_time_s=time.perf_counter() - wall_start,
         engine_steps=sum(e.steps for e in engines),
         engine_preemptions=sum(e.preemptions for e in engines),
+        admitted_tokens=sum(e.admitted_tokens for e in engines),
+        cached_tokens=sum(e.cached_tokens for e in engines),
         slices=scheduler.stats().slices,
+        scheduler_preemptions=scheduler.stats().preemptions,
         unfinished=unfinished,
         shed=scheduler.stats().shed,
         time_to_k_s=time_to_k,

@@ -1,0 +1,127 @@
+"""Scheduler-driven preemption: the decision's guards and cost model (`cluster.preemption`),
+and the swap carried out by the scheduler and a simulated engine (`cluster.swaps`)."""
+
+from __future__ import annotations
+
+from cluster.clock import VirtualClock
+from cluster.config import PolicyConfig, PreemptionConfig, SchedulerConfig
+from cluster.events import FinishReason
+from cluster.latency_model import LatencyModel
+from cluster.policies.base import PROMOTED_PRIORITY
+from cluster.preemption import Running, choose_swap, expected_remaining
+from cluster.request import Request, RequestState
+from cluster.scheduler import Scheduler
+from tests.sim_audit import Ledger, make_engine, register
+
+LATENCY = LatencyModel.named("a100-llama3-8b")
+ON = PreemptionConfig(enabled=True, min_run_tokens=8, max_per_request=2, min_gain_ratio=4.0)
+
+
+def req(rid: str, predicted: float | None, generated: int = 0, max_tokens: int = 2000, **kw):
+    r = Request(rid, 100, max_tokens, 0.0, predicted_tokens=predicted, **kw)
+    r.generated = generated
+    return r
+
+
+def swap(waiting, victim, config=ON, waiting_priority=0.0, batch=4):
+    return choose_swap(waiting, waiting_priority, [Running(victim, batch)], config, LATENCY)
+
+
+def test_expected_remaining_follows_the_prediction_then_attained_service():
+    assert expected_remaining(req("a", 100.0, generated=30)) == 70
+    assert expected_remaining(req("a", 100.0, generated=300)) == 300  # overran: as much again
+    assert expected_remaining(req("a", 100.0, generated=300, max_tokens=350)) == 50
+    assert expected_remaining(req("a", None, generated=30)) is None
+
+
+def test_a_long_overrun_request_gives_way_to_a_short_one():
+    victim = req("long", 20.0, generated=400, dispatch_priority=-5.0)  # ranked first, wrongly
+    s = swap(req("short", 20.0), victim, waiting_priority=1.0)
+    assert s is not None and s.victim is victim and s.gain_s > 0
+
+
+def test_guards_each_refuse_the_swap():
+    short = req("short", 20.0)
+    base = {"generated": 400, "dispatch_priority": 5.0}
+    assert swap(short, req("v", 20.0, **base)) is not None
+    # minimum run quantum: only 4 tokens into this dispatch
+    assert swap(short, req("v", 20.0, dispatch_start_tokens=396, **base)) is None
+    # cap on preemptions per request
+    assert swap(short, req("v", 20.0, scheduler_preemptions=2, **base)) is None
+    # starvation protection: a promoted request keeps its slice
+    promoted = req("v", 20.0, generated=400, dispatch_priority=PROMOTED_PRIORITY)
+    assert swap(short, promoted) is None
+    # not long enough compared with the waiting one (ratio 4)
+    assert swap(req("w", 150.0), req("v", 20.0, **base)) is None
+    # no prediction: nothing to weigh
+    assert swap(req("w", None), req("v", 20.0, **base)) is None
+
+
+def test_the_policy_must_rank_the_waiting_one_ahead_unless_the_victim_overran():
+    within = req("v", 1000.0, generated=100, dispatch_priority=1.0)  # 900 expected left
+    assert swap(req("w", 20.0), within, waiting_priority=2.0) is None  # policy prefers v
+    assert swap(req("w", 20.0), within, waiting_priority=0.5) is not None
+
+
+def test_the_resume_cost_can_outweigh_the_gain():
+    victim = req("v", 20.0, generated=90, dispatch_priority=5.0)
+    victim.prompt_tokens = 7000  # a long context to recompute, in a full batch
+    assert swap(req("w", 20.0), victim, batch=256) is None
+    assert swap(req("w", 20.0), victim, batch=1) is not None
+
+
+def misranked(preemption: PreemptionConfig):
+    """One slot; a request predicted short (ranked first) but 300 tokens long runs 40 steps,
+    then a short one arrives. Returns both, the engine events, the scheduler and the ledger."""
+    clock = VirtualClock()
+    policy = PolicyConfig(name="ltr", starvation_threshold=10_000)
+    config = SchedulerConfig(policy=policy, preemption=preemption)
+    scheduler = Scheduler(config, clock, latency=LATENCY)
+    ledger = Ledger()
+    engine = make_engine(ledger, max_num_seqs=1, num_kv_blocks=64, enable_prefix_caching=True)
+    register(scheduler, engine)
+    long = Request("long", 100, 300, 0.0, output_tokens=300, score=0.0, predicted_tokens=20.0)
+    scheduler.submit(long)
+    events = []
+
+    def run(steps: int) -> None:
+        for _ in range(steps):
+            for d in scheduler.schedule():
+                engine.add(d)
+            for end in scheduler.take_early_ends():
+                engine.end_early(end.request_id)
+            if not engine.has_work():
+                return
+            clock.advance_to(clock.now() + 0.01)
+            ev = engine.events(engine.step())
+            events.append(ev)
+            scheduler.apply(ev)
+
+    run(40)
+    assert long.state is RequestState.RUNNING and long.generated >= 30
+    short = Request("short", 50, 10, clock.now(), output_tokens=10, score=1.0, predicted_tokens=10)
+    scheduler.submit(short)
+    run(10_000)
+    assert long.state is short.state is RequestState.FINISHED
+    assert long.generated == 300 == ledger.tokens["long"] and ledger.tokens["short"] == 10
+    ledger.assert_drained()
+    return long, short, events, scheduler, engine
+
+
+def test_the_scheduler_swaps_a_misranked_long_request_for_a_short_one():
+    long, short, events, scheduler, engine = misranked(ON)
+    assert short.finish_time < long.finish_time
+    assert long.scheduler_preemptions == 1 == scheduler.stats().preemptions
+    assert [e.ended["long"] for e in events if "long" in e.ended] == [
+        FinishReason.PREEMPT,
+        FinishReason.LENGTH,
+    ]
+    # It resumed on the same engine and found its blocks there: all but the last partial one.
+    assert long.cached_tokens >= long.prompt_tokens + 30 - 2 * engine.kv.block_size
+
+
+def test_off_by_default_the_long_request_keeps_its_slot():
+    assert not SchedulerConfig().preemption.enabled
+    long, short, events, scheduler, _ = misranked(SchedulerConfig().preemption)
+    assert short.finish_time > long.finish_time
+    assert scheduler.stats().preemptions == 0 and long.num_dispatches == 1

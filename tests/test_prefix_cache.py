@@ -1,0 +1,91 @@
+"""The simulated engine's prefix cache: freed full blocks kept and LRU-evicted, hit on the
+resume of the same request and on a shared prompt, so that only uncached tokens are prefilled."""
+
+from __future__ import annotations
+
+from cluster.dispatch import Dispatch
+from cluster.request import Request
+from cluster.sim.kv_cache import KVBlockPool, block_key
+from tests.sim_audit import Ledger, make_engine
+
+
+def request(rid: str, prompt: int, total: int, seq: int, prefix_key: str | None = None):
+    r = Request(rid, prompt, total, 0.0, output_tokens=total, prefix_key=prefix_key)
+    r.seq = seq
+    return r
+
+
+def run_dispatch(engine, r: Request, max_new: int, final: bool):
+    """Dispatch `r` for `max_new` tokens and step until it ends; the steps' results."""
+    engine.add(Dispatch(r, engine.replica_id, 0, max_new, final))
+    results = []
+    while engine.has_work():
+        res = engine.step()
+        for s in res.sampled:
+            s.request.generated += 1
+        results.append(res)
+    return results
+
+
+def test_pool_keeps_freed_full_blocks_and_evicts_a_prefix_tail_first():
+    pool = KVBlockPool(4, 16)
+    r = request("a", 40, 41, 0)
+    held = pool.try_grow(0, 40)
+    keys = [block_key(r, i, 16) for i in range(2)]  # 2 full blocks; the third is partial
+    pool.release(held, keys)
+    assert pool.free == 4 and pool.cached == 2
+    assert pool.cached_prefix(r, 41) == keys
+    assert pool.cached_prefix(r, 32) == keys[:1]  # one token is always left to compute
+    # Taking 3 of the 2 empty blocks evicts one cached block: the tail, block 1.
+    other = pool.try_grow(0, 48)
+    assert other == 3 and pool.cached == 1 and pool.cached_prefix(r, 41) == keys[:1]
+    assert pool.try_grow(0, 17, pool.cached_prefix(r, 41)) is None  # 1 cached + 1 more: no room
+    pool.release(other)
+    reused = pool.try_grow(0, 17, pool.cached_prefix(r, 41))
+    assert reused == 2 and pool.free == 2 and pool.cached == 0
+
+
+def test_a_resumed_request_prefills_only_its_uncached_tail():
+    engine = make_engine(Ledger(), enable_prefix_caching=True, num_kv_blocks=64)
+    r = request("a", 100, 140, 0)
+    first = run_dispatch(engine, r, 20, final=False)
+    assert first[0].prefill_tokens == 100 and r.generated == 20
+    assert engine.kv.cached == 119 // 16  # the full blocks of the 119 computed tokens
+    again = run_dispatch(engine, r, 20, final=True)
+    context = 120  # prompt + the 20 tokens it has
+    cached = 7 * 16  # 7 full blocks of the 119 computed tokens
+    assert again[0].started[0].cached_tokens == cached
+    assert again[0].prefill_tokens == context - cached
+    events = engine.events(again[0])
+    assert events.cached == {"a": cached}
+    assert engine.cached_tokens == cached and engine.admitted_tokens == 100 + context
+
+
+def test_requests_with_the_same_prompt_share_its_blocks_but_not_their_answers():
+    engine = make_engine(Ledger(), enable_prefix_caching=True)
+    a, b = request("a", 50, 60, 0, "p"), request("b", 50, 60, 1, "p")
+    run_dispatch(engine, a, 10, final=True)
+    res = run_dispatch(engine, b, 10, final=True)
+    assert res[0].started[0].cached_tokens == 48  # the prompt's 3 full blocks, not a's answer
+    c = request("c", 50, 60, 2, "other")
+    assert run_dispatch(engine, c, 10, final=True)[0].prefill_tokens == 50
+
+
+def test_without_prefix_caching_nothing_is_cached():
+    engine = make_engine(Ledger())
+    r = request("a", 100, 140, 0)
+    run_dispatch(engine, r, 20, final=False)
+    assert engine.kv.cached == 0
+    assert run_dispatch(engine, r, 20, final=True)[0].prefill_tokens == 120
+
+
+def test_cached_blocks_give_way_to_new_work_and_none_leak():
+    ledger = Ledger()
+    engine = make_engine(ledger, enable_prefix_caching=True, num_kv_blocks=16)
+    for i in range(6):  # each needs 8 blocks: the cache is evicted again and again
+        run_dispatch(engine, request(f"r{i}", 120, 121, i, f"p{i % 3}"), 1, final=True)
+    ledger.assert_drained()
+    assert engine.kv.cached <= engine.kv.num_blocks and engine.kv.free == 16
+    # Prompts p0..p2 each came twice, with room for two prompts' blocks: each repeat found
+    # only its first block, as evictions took every prefix's tail first.
+    assert engine.cached_tokens == 3 * 16
