@@ -84,7 +84,8 @@ class Exporting:
         if self.protocol == "grpc":
             from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
-            insecure = True if endpoint and endpoint.startswith("http://") else None
+            # Plain text unless https:// (as vLLM's exporter, and collectors' default 4317)
+            insecure = not endpoint.startswith("https://") if endpoint else None
             return OTLPSpanExporter(endpoint=endpoint, insecure=insecure)
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
