@@ -131,9 +131,5 @@ def test_our_info_lines_reach_the_worker_logs_as_json(server):
     # The refusals of the test above, logged by the scheduler (INFO) and the ingress (WARNING)
     # with the request they are about.
     for component in ("scheduler", "ingress"):
-        refused = [
-            line
-            for line in lines
-            if line["component"] == component and "max_queued=1" in line["msg"]
-        ]
+        refused = [ln for ln in lines if ln["component"] == component and "full" in ln["msg"]]
         assert refused and all(line["msg"].startswith(line["request_id"]) for line in refused)
