@@ -17,6 +17,7 @@ import os
 
 import ray
 
+from cluster.runtime.log_setup import LogConfig, configure_logging
 from cluster.runtime.metrics_export import PUBLISH_EVERY_S, RayPublisher
 from predictor_actor.batching import BatchingPredictor, Prediction, PredictorConfig
 from predictor_actor.metrics import predictor_families
@@ -30,8 +31,12 @@ class PredictorActor:
     """Async Ray actor: many calls run concurrently on its event loop and meet in batches."""
 
     def __init__(
-        self, config: PredictorConfig | None = None, torch_threads: int | None = None
+        self,
+        config: PredictorConfig | None = None,
+        torch_threads: int | None = None,
+        logs: LogConfig | None = None,
     ) -> None:
+        configure_logging(logs or LogConfig(), "predictor", ACTOR_NAME)
         if torch_threads:
             os.environ["RANKSERVE_TORCH_THREADS"] = str(torch_threads)
         self._predictor = BatchingPredictor(config or PredictorConfig())
@@ -78,6 +83,7 @@ def start_predictor_actor(
     torch_threads: int | None = None,
     max_concurrency: int = 1000,
     namespace: str | None = None,
+    logs: LogConfig | None = None,
 ):
     """Start the predictor actor and return its handle. Named (every ingress replica finds the
     same one), it is detached, owned by no ingress, and restarted by Ray when it dies: callers
@@ -96,4 +102,4 @@ def start_predictor_actor(
         )
         if namespace:
             options["namespace"] = namespace
-    return cls.options(**options).remote(config or PredictorConfig(), torch_threads)
+    return cls.options(**options).remote(config or PredictorConfig(), torch_threads, logs)

@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from cluster.config import AdmissionConfig, EngineConfig, SchedulerConfig
+from cluster.runtime.log_setup import LogConfig
 from cluster.runtime.spec import ReplicaConfig, ReplicaSpec, replica_specs
+from cluster.runtime.tracing import TracingConfig
 from cluster.settings import from_mapping, to_mapping
 from predictor_actor.learning import LearningConfig
 from serve_app.scoring import SCORERS
@@ -98,6 +100,9 @@ class ServeConfig:
     predictor: PredictorSettings = field(default_factory=PredictorSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
+    # OTLP traces (docs/tracing.md), off unless an endpoint is set here or in OTEL_* variables
+    tracing: TracingConfig = field(default_factory=TracingConfig)
+    logging: LogConfig = field(default_factory=LogConfig)  # every actor's log lines
 
     def __post_init__(self) -> None:
         if self.num_replicas < 1:
@@ -122,5 +127,11 @@ class ServeConfig:
 
     def replica_specs(self) -> list[ReplicaSpec]:
         return replica_specs(
-            self.model, self.engine, self.replica, self.num_replicas, self.cpu_threads_bind
+            self.model,
+            self.engine,
+            self.replica,
+            self.num_replicas,
+            self.cpu_threads_bind,
+            self.tracing,
+            self.logging,
         )

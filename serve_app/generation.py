@@ -17,8 +17,10 @@ from typing import Any
 
 from cluster.admission import Refusal
 from cluster.events import FinishReason
+from cluster.runtime.log_setup import bind_request
 from cluster.runtime.protocol import GenerateCall, SubmitRequest, TokenChunk
 from serve_app.scoring import Scorer
+from serve_app.tracing import OFF, RequestTrace
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +60,7 @@ class GenerationRecord:
     dispatched: float | None = None
     token_gaps: list[float] = field(default_factory=list)
     last_token: float | None = None
+    trace: RequestTrace = OFF  # its spans (serve_app.tracing); OFF when not traced
 
     def tokens_arrived(self, n: int, now: float) -> None:
         if self.last_token is None:
@@ -114,10 +117,10 @@ class GenerationPath:
     # How long a request waits for a scheduler that died to come back before it fails.
     SCHEDULER_RETRY_S = 60.0
 
-    def __init__(self, scheduler: Any, scorer: Scorer) -> None:
+    def __init__(self, scheduler: Any, scorer: Scorer, ingress_id: str | None = None) -> None:
         self.scheduler = scheduler
         self.scorer = scorer
-        self.ingress_id = uuid.uuid4().hex[:12]
+        self.ingress_id = ingress_id or uuid.uuid4().hex[:12]
         self._lease: asyncio.Task | None = None
 
     async def _renew_lease(self) -> None:
@@ -152,8 +155,12 @@ class GenerationPath:
         LENGTH). Raises GenerationFailed if the cluster gave up on it."""
         if self._lease is None or self._lease.done():
             self._lease = asyncio.create_task(self._renew_lease())
+        bind_request(inp.request_id)  # this task's log lines are about this request
+        trace = record.trace
         began = time.perf_counter()
-        score = await self.scorer.score(inp.prompt_text)
+        with trace.span("predictor.score") as span:
+            score = await self.scorer.score(inp.prompt_text)
+            span.set_attribute("rankserve.score", score.score)
         record.score_s = time.perf_counter() - began
         record.score, record.predicted_tokens = score.score, score.predicted_tokens
         submit = SubmitRequest(
@@ -168,9 +175,11 @@ class GenerationPath:
             ingress_id=self.ingress_id,
             arrival_wall=record.arrival,
         )
-        refusal = await self._call("submit", submit)
-        if refusal is not None:
-            raise GenerationFailed.refused(refusal)
+        with trace.span("scheduler.submit") as span:
+            refusal = await self._call("submit", submit)
+            if refusal is not None:
+                span.set_attribute("rankserve.refused", refusal.reason.value)
+                raise GenerationFailed.refused(refusal)
         done = False
         try:
             async for chunk in self._dispatches(submit, inp, record):
@@ -188,10 +197,12 @@ class GenerationPath:
     ) -> AsyncIterator[TokenChunk]:
         after = 0
         generated = record.output_token_ids
+        trace = record.trace
         while True:
             # The scheduler continues from what this caller holds (the record of what was
             # delivered), and decides the dispatch's budget and whether it is a slice.
-            ticket = await self._call("wait_dispatch", submit, after, len(generated))
+            with trace.span("queue.wait", {"rankserve.dispatch_no": after + 1}):
+                ticket = await self._call("wait_dispatch", submit, after, len(generated))
             if ticket.refusal is not None:
                 raise GenerationFailed.refused(ticket.refusal)
             if ticket.error is not None:
@@ -199,52 +210,62 @@ class GenerationPath:
             after = ticket.dispatch_no
             record.dispatches += 1
             record.dispatched = record.dispatched or time.time()
-            call = GenerateCall(
-                submit=submit,
-                dispatch_no=ticket.dispatch_no,
-                prompt_token_ids=inp.prompt_token_ids + generated,
-                max_new_tokens=ticket.max_new_tokens,
-                priority=ticket.priority,
-                final=ticket.final,
-                ignore_eos=inp.ignore_eos,
-                temperature=inp.temperature,
-                top_p=inp.top_p,
-                seed=inp.seed,
-                stop=inp.stop,
-            )
-            stream = ticket.replica.generate.options(num_returns="streaming").remote(call)
-            try:
-                async for ref in stream:
-                    chunk: TokenChunk = await ref
-                    if chunk.token_ids:
-                        record.tokens_arrived(len(chunk.token_ids), time.time())
-                    generated.extend(chunk.token_ids)
-                    reason = chunk.finish_reason
-                    if reason is not None and reason.ends_request:
-                        record.finish_reason = reason.value
-                        record.finished = time.time()
-                        yield chunk
-                        return
-                    if reason is FinishReason.ABORT:
-                        raise GenerationFailed("aborted by the engine")
-                    if chunk.token_ids or chunk.text:
-                        yield TokenChunk(chunk.token_ids, chunk.text, None)
-                    if reason is FinishReason.SLICE:
-                        break  # back in the global queue: wait for the next dispatch
-            except _actor_gone_errors() as exc:
-                logger.warning(
-                    "%s: replica %s lost mid-stream (%s); continuing elsewhere",
-                    inp.request_id,
-                    ticket.replica_id,
-                    type(exc).__name__,
+            where = {
+                "rankserve.replica": ticket.replica_id or "",
+                "rankserve.dispatch_no": ticket.dispatch_no,
+                "rankserve.priority": ticket.priority,
+                "rankserve.max_new_tokens": ticket.max_new_tokens,
+                "rankserve.slice": not ticket.final,
+            }
+            with trace.span("dispatch", where) as span:
+                call = GenerateCall(
+                    submit=submit,
+                    dispatch_no=ticket.dispatch_no,
+                    prompt_token_ids=inp.prompt_token_ids + generated,
+                    max_new_tokens=ticket.max_new_tokens,
+                    priority=ticket.priority,
+                    final=ticket.final,
+                    ignore_eos=inp.ignore_eos,
+                    temperature=inp.temperature,
+                    top_p=inp.top_p,
+                    seed=inp.seed,
+                    stop=inp.stop,
+                    trace_context=trace.carrier(span),
                 )
-                gone = await self._call("replica_failed", ticket.replica_id)
-                if not gone:
-                    # The replica lives but lost this stream: nothing will requeue the request.
-                    raise GenerationFailed(f"stream from {ticket.replica_id} broke") from exc
-            except (asyncio.CancelledError, GeneratorExit):
-                import ray
+                stream = ticket.replica.generate.options(num_returns="streaming").remote(call)
+                try:
+                    async for ref in stream:
+                        chunk: TokenChunk = await ref
+                        if chunk.token_ids:
+                            record.tokens_arrived(len(chunk.token_ids), time.time())
+                        generated.extend(chunk.token_ids)
+                        reason = chunk.finish_reason
+                        if reason is not None and reason.ends_request:
+                            record.finish_reason = reason.value
+                            record.finished = time.time()
+                            yield chunk
+                            return
+                        if reason is FinishReason.ABORT:
+                            raise GenerationFailed("aborted by the engine")
+                        if chunk.token_ids or chunk.text:
+                            yield TokenChunk(chunk.token_ids, chunk.text, None)
+                        if reason is FinishReason.SLICE:
+                            break  # back in the global queue: wait for the next dispatch
+                except _actor_gone_errors() as exc:
+                    logger.warning(
+                        "%s: replica %s lost mid-stream (%s); continuing elsewhere",
+                        inp.request_id,
+                        ticket.replica_id,
+                        type(exc).__name__,
+                    )
+                    span.set_attribute("rankserve.replica_lost", type(exc).__name__)
+                    gone = await self._call("replica_failed", ticket.replica_id)
+                    if not gone:
+                        # The replica lives but lost this stream: nothing requeues the request.
+                        raise GenerationFailed(f"stream from {ticket.replica_id} broke") from exc
+                except (asyncio.CancelledError, GeneratorExit):
+                    import ray
 
-                with contextlib.suppress(Exception):
-                    ray.cancel(stream)
-                raise
+                    with contextlib.suppress(Exception):
+                        ray.cancel(stream)
+                    raise

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict
 from typing import Any
@@ -19,6 +20,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
 
+from cluster.runtime.log_setup import configure_logging
 from cluster.runtime.scheduler_handle import get_or_create
 from predictor_actor.request_log import RequestLogEntry, RequestLogWriter
 from serve_app import openai_protocol as oa
@@ -35,6 +37,7 @@ from serve_app.metrics import CONTENT_TYPE, IngressMetrics
 from serve_app.proto import rankserve_pb2 as pb
 from serve_app.request_input import RequestInputs
 from serve_app.scoring import make_scorer
+from serve_app.tracing import IngressTracing
 
 logger = logging.getLogger(__name__)
 
@@ -89,18 +92,21 @@ class Ingress:
         from transformers import AutoTokenizer
 
         self.config = ServeConfig.from_dict(config)
+        configure_logging(self.config.logging, "ingress", ingress_id := uuid.uuid4().hex[:12])
+        self.tracing = IngressTracing(self.config.tracing, ingress_id)
         self.front_door = FrontDoor(APIKeys(self.config.auth), self.config.limits)
         self.inputs = RequestInputs(self.config, AutoTokenizer.from_pretrained(self.config.model))
         self.created = int(time.time())
-        self.scheduler = get_or_create(self.config.scheduler, self.config.replica_specs())
+        self.scheduler = get_or_create(
+            self.config.scheduler, self.config.replica_specs(), logs=self.config.logging
+        )
         # A scheduler that outlived an earlier deployment takes this one's settings. Engines take
         # a while to start; readiness (/ready, Health) reports when one is up.
         self._starting = self.scheduler.reconcile.remote(
             self.config.scheduler, self.config.replica_specs()
         )
-        scorer = make_scorer(self.config.predictor)
-        self.scorer = scorer
-        self.path = GenerationPath(self.scheduler, scorer)
+        self.scorer = scorer = make_scorer(self.config.predictor, self.config.logging)
+        self.path = GenerationPath(self.scheduler, scorer, ingress_id)
         self.metrics = IngressMetrics(self.path.ingress_id)
         self.request_log = (
             RequestLogWriter(self.config.request_log, self.config.request_log_max_bytes)
@@ -121,8 +127,9 @@ class Ingress:
     ) -> AsyncIterator[tuple[str, int, str | None]]:
         """(text delta, new tokens, finish reason) per chunk; logs the finished request. Every
         failure comes out as an APIError the front ends can say (never a traceback)."""
+        chunks = record.trace.follow(self.path.stream(inp, record), inp, record)
         try:
-            async for chunk in self.metrics.track(self.path.stream(inp, record), record):
+            async for chunk in self.metrics.track(chunks, record):
                 reason = chunk.finish_reason
                 yield chunk.text, len(chunk.token_ids), reason.value if reason else None
         except GenerationFailed as e:
@@ -242,14 +249,17 @@ class Ingress:
         to_input: Callable[[Any], GenerationInput],
         chat: bool,
     ) -> Any:
+        trace = self.tracing.http(request.method, request.url.path, request.headers)
         try:
             raw = await request.body()
-            body, inp = await self.inputs.from_http(
-                raw, body_type, to_input, request.headers.get(SLO_HEADER)
-            )
+            with trace.span("ingress.parse"):
+                body, inp = await self.inputs.from_http(
+                    raw, body_type, to_input, request.headers.get(SLO_HEADER)
+                )
         except oa.APIError as e:
+            trace.refused(e)
             return _error(e)
-        record = GenerationRecord(prompt_tokens=len(inp.prompt_token_ids))
+        record = GenerationRecord(prompt_tokens=len(inp.prompt_token_ids), trace=trace)
         if body.stream:
             return await self._sse(inp, record, body, chat=chat)
         return await self._unary(inp, record, body, chat=chat)
@@ -315,14 +325,25 @@ class Ingress:
 
     # ---- gRPC (method names are the RPC names of rankserve.proto) ---------------------------
 
+    async def _grpc_input(
+        self, name: str, request: pb.GenerateRequest, grpc_context: Any
+    ) -> tuple[GenerationInput, GenerationRecord]:
+        self.front_door.check_grpc(grpc_context)  # before a trace: no spans for the keyless
+        trace = self.tracing.grpc(name, grpc_context)
+        try:
+            with trace.span("ingress.parse"):
+                inp = await self.inputs.from_grpc(request)
+        except oa.APIError as e:
+            trace.refused(e)
+            raise
+        return inp, GenerationRecord(prompt_tokens=len(inp.prompt_token_ids), trace=trace)
+
     async def Generate(self, request: pb.GenerateRequest, grpc_context: Any) -> pb.GenerateReply:
         try:
-            self.front_door.check_grpc(grpc_context)
-            inp = await self.inputs.from_grpc(request)
+            inp, record = await self._grpc_input("Generate", request, grpc_context)
         except oa.APIError as e:
             _grpc_error(grpc_context, e)
             return pb.GenerateReply()
-        record = GenerationRecord(prompt_tokens=len(inp.prompt_token_ids))
         parts: list[str] = []
         finish = ""
         try:
@@ -345,12 +366,10 @@ class Ingress:
     ) -> AsyncIterator[pb.GenerateChunk]:
         # A streaming call keeps the status set on its context only if it then raises.
         try:
-            self.front_door.check_grpc(grpc_context)
-            inp = await self.inputs.from_grpc(request)
+            inp, record = await self._grpc_input("GenerateStream", request, grpc_context)
         except oa.APIError as e:
             _grpc_error(grpc_context, e)
             raise
-        record = GenerationRecord(prompt_tokens=len(inp.prompt_token_ids))
         try:
             async for text, n, reason in self._run(inp, record):
                 yield pb.GenerateChunk(

@@ -18,6 +18,7 @@ from cluster.runtime.names import NAMESPACE, PREDICTOR_ACTOR
 from predictor_actor.heuristic import heuristic_lengths, heuristic_scores
 
 if TYPE_CHECKING:
+    from cluster.runtime.log_setup import LogConfig
     from serve_app.config import PredictorSettings
 
 logger = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ class PredictorActorScorer:
 
     BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0)
 
-    def __init__(self, settings: PredictorSettings) -> None:
+    def __init__(self, settings: PredictorSettings, logs: LogConfig | None = None) -> None:
         from predictor_actor.actor import start_predictor_actor
         from predictor_actor.batching import PredictorConfig
 
@@ -79,6 +80,7 @@ class PredictorActorScorer:
             num_cpus=settings.num_cpus,
             torch_threads=settings.threads,
             namespace=NAMESPACE,
+            logs=logs,
         )
         self._actor: Any = self._start()
         self._fallback = HeuristicScorer()
@@ -151,27 +153,28 @@ class PredictorActorScorer:
         return await self._actor.health.remote()
 
 
-def _heuristic(settings: PredictorSettings) -> Scorer:
+def _heuristic(settings: PredictorSettings, logs: LogConfig | None) -> Scorer:
     return HeuristicScorer()
 
 
-def _predictor(settings: PredictorSettings) -> Scorer:
-    return PredictorActorScorer(settings)
+def _predictor(settings: PredictorSettings, logs: LogConfig | None) -> Scorer:
+    return PredictorActorScorer(settings, logs)
 
 
-def _auto(settings: PredictorSettings) -> Scorer:
+def _auto(settings: PredictorSettings, logs: LogConfig | None) -> Scorer:
     """The predictor, unless its dependencies (torch) are not installed here."""
     try:
-        return _predictor(settings)
+        return _predictor(settings, logs)
     except ImportError as e:
         logger.warning("predictor unavailable (%s); scoring by prompt length", e)
         return HeuristicScorer()
 
 
-SCORERS: Registry[Callable[[PredictorSettings], Scorer]] = Registry(
+SCORERS: Registry[Callable[[PredictorSettings, LogConfig | None], Scorer]] = Registry(
     "scorer", {"auto": _auto, "predictor": _predictor, "heuristic": _heuristic}
 )
 
 
-def make_scorer(settings: PredictorSettings) -> Scorer:
-    return SCORERS[settings.scorer](settings)
+def make_scorer(settings: PredictorSettings, logs: LogConfig | None = None) -> Scorer:
+    """`logs`: the predictor actor's log set-up, where one is started."""
+    return SCORERS[settings.scorer](settings, logs)

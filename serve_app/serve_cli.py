@@ -13,6 +13,8 @@ from typing import Any
 
 from cluster.policies import POLICIES
 from cluster.runtime.engines import ENGINES
+from cluster.runtime.log_setup import FORMATS, LEVELS
+from cluster.runtime.tracing import PROTOCOLS
 from serve_app.scoring import SCORERS
 
 
@@ -64,6 +66,15 @@ def register(subparsers: Any, name: str, help_text: str) -> None:
     p.add_argument(
         "--max-body-bytes", type=int, default=4 * 1024 * 1024, help="larger bodies get 413"
     )
+    p.add_argument(
+        "--otlp-endpoint",
+        default=None,
+        help="send OpenTelemetry traces here (e.g. http://127.0.0.1:4317); default: off, "
+        "or the OTEL_EXPORTER_OTLP_* variables",
+    )
+    p.add_argument("--otlp-protocol", choices=PROTOCOLS, default=None, help="default: grpc")
+    p.add_argument("--log-format", choices=FORMATS, default="text", help="the service's logs")
+    p.add_argument("--log-level", choices=LEVELS, default="INFO")
     p.add_argument("--http-port", type=int, default=8000)
     p.add_argument("--grpc-port", type=int, default=9000)
     p.add_argument("--work-dir", default="/tmp/rankserve", help="engine caches and temp files")
@@ -100,6 +111,8 @@ def serve_settings(args: argparse.Namespace, device: str) -> dict[str, Any]:
             "api_key_file": str(Path(args.api_key_file).resolve()) if args.api_key_file else None,
         },
         "limits": {"max_body_bytes": args.max_body_bytes},
+        "tracing": {"otlp_endpoint": args.otlp_endpoint, "protocol": args.otlp_protocol},
+        "logging": {"format": args.log_format, "level": args.log_level},
     }
     if args.model:
         settings["model"] = args.model

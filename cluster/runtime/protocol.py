@@ -136,6 +136,9 @@ class GenerateCall:
     top_p: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    # The W3C trace context (`traceparent`) of the ingress's span of this dispatch; None when
+    # the request is not traced.
+    trace_context: dict[str, str] | None = None
 
     @property
     def request_id(self) -> str:

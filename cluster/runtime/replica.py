@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ import ray
 from cluster.events import EngineEvents, FinishReason
 from cluster.replicas import ReplicaLoad
 from cluster.runtime.engines import ENGINES
+from cluster.runtime.log_setup import bind_request, configure_logging
 from cluster.runtime.protocol import (
     DispatchState,
     Engine,
@@ -32,6 +34,7 @@ from cluster.runtime.protocol import (
     TokenChunk,
 )
 from cluster.runtime.spec import ReplicaSpec
+from cluster.runtime.tracing import Tracer, carrier
 
 logger = logging.getLogger(__name__)
 
@@ -55,14 +58,18 @@ class EngineReplica:
     """The Ray actor (wrap with `ray.remote(EngineReplica).options(**spec.actor_options())`).
 
     `scheduler` is the scheduler actor's handle (None when the replica is used on its own);
-    reports go to its `report(ReplicaReport)` method.
+    reports go to its `report(ReplicaReport)` method. `tracer`: default, from `spec.tracing`.
     """
 
     # Token-count-only news is coalesced for this long; starts and ends go out at once.
     REPORT_INTERVAL_S = 0.1
 
-    def __init__(self, spec: ReplicaSpec, scheduler: Any = None) -> None:
+    def __init__(
+        self, spec: ReplicaSpec, scheduler: Any = None, tracer: Tracer | None = None
+    ) -> None:
+        configure_logging(spec.logging, "replica", spec.replica_id)
         self.spec = spec
+        self._tracer = tracer or Tracer(spec.tracing, "replica")
         self._scheduler = scheduler
         self._engine: Engine = ENGINES[spec.replica.kind](spec, self._on_step)
         self._info: ReplicaInfo | None = None
@@ -105,38 +112,52 @@ class EngineReplica:
         if self._info is None:
             raise RuntimeError(f"replica {self.spec.replica_id} is not started")
         rid = call.request_id
-        active = self._active[rid] = _Active(call)
-        reason: FinishReason | None = None
-        try:
-            async for chunk in self._engine.generate(call):
-                if chunk.token_ids:
-                    if not active.started:
-                        active.started = True
-                        self._pending.started.append(rid)
-                        self._kick()
-                    active.tokens += len(chunk.token_ids)
-                    tokens = self._pending.tokens
-                    tokens[rid] = tokens.get(rid, 0) + len(chunk.token_ids)
-                if chunk.finish_reason is not None:
-                    reason = chunk.finish_reason
-                yield chunk
-        except asyncio.CancelledError:
-            reason = FinishReason.ABORT
-            await self._engine.abort(call.engine_request_id)
-            raise
-        except Exception as exc:
-            self._pending.failed[rid] = f"{type(exc).__name__}: {exc}"
-            reason = None
-            raise
-        finally:
-            self._active.pop(rid, None)
-            if reason is not None:
-                self._pending.ended[rid] = reason
-            elif rid not in self._pending.failed:
-                # The stream was closed early by its consumer (client gone): free the slot.
+        bind_request(rid)
+        where = {
+            "rankserve.replica": self.spec.replica_id,
+            "rankserve.dispatch_no": call.dispatch_no,
+        }
+        with self._tracer.span("engine.generate", call.trace_context, where) as span:
+            if span.is_recording():  # the engine's own spans (vLLM's) continue this one
+                call = dataclasses.replace(call, trace_context=carrier(span))
+            active = self._active[rid] = _Active(call)
+            reason: FinishReason | None = None
+            try:
+                async for chunk in self._engine.generate(call):
+                    if chunk.token_ids:
+                        if not active.started:
+                            active.started = True
+                            self._pending.started.append(rid)
+                            self._kick()
+                        active.tokens += len(chunk.token_ids)
+                        tokens = self._pending.tokens
+                        tokens[rid] = tokens.get(rid, 0) + len(chunk.token_ids)
+                    if chunk.finish_reason is not None:
+                        reason = chunk.finish_reason
+                    yield chunk
+            except asyncio.CancelledError:
+                reason = FinishReason.ABORT
                 await self._engine.abort(call.engine_request_id)
-                self._pending.ended[rid] = FinishReason.ABORT
-            self._kick()
+                raise
+            except Exception as exc:
+                self._pending.failed[rid] = f"{type(exc).__name__}: {exc}"
+                reason = None
+                raise
+            finally:
+                self._active.pop(rid, None)
+                if reason is not None:
+                    self._pending.ended[rid] = reason
+                elif rid not in self._pending.failed:
+                    # The stream was closed early by its consumer (client gone): free the slot.
+                    await self._engine.abort(call.engine_request_id)
+                    self._pending.ended[rid] = FinishReason.ABORT
+                self._kick()
+                span.set_attributes(
+                    {
+                        "gen_ai.usage.output_tokens": active.tokens,
+                        "rankserve.finish_reason": reason.value if reason else "failed",
+                    }
+                )
 
     async def abort(self, request_id: str) -> None:
         """Abort the request's current dispatch here, if it has one."""
@@ -166,6 +187,7 @@ class EngineReplica:
         if self._reporter is not None:
             self._reporter.cancel()
         self._engine.shutdown()
+        self._tracer.shutdown()
 
     # ---- reporting to the scheduler actor --------------------------------------------------
 

@@ -29,6 +29,7 @@ from cluster.runtime.autoscaling import FleetAutoscaling
 from cluster.runtime.ended import EndedRequests
 from cluster.runtime.fleet import ReplicaFleet
 from cluster.runtime.leases import IngressLeases
+from cluster.runtime.log_setup import NO_REQUEST, LogConfig, bind_request, configure_logging
 from cluster.runtime.metrics_export import SchedulerMetrics
 from cluster.runtime.protocol import (
     DispatchState,
@@ -54,8 +55,13 @@ class SchedulerActor:
     INGRESS_LEASE_S = 5.0
 
     def __init__(
-        self, config: SchedulerConfig, replicas: list[ReplicaSpec], replace_dead: bool = True
+        self,
+        config: SchedulerConfig,
+        replicas: list[ReplicaSpec],
+        replace_dead: bool = True,
+        logs: LogConfig | None = None,
     ) -> None:
+        configure_logging(logs or LogConfig(), "scheduler", "scheduler")
         self._core = Scheduler(config, WallClock())
         self.fleet = ReplicaFleet(
             replicas,
@@ -158,6 +164,7 @@ class SchedulerActor:
         """A new request (already scored by the predictor); it arrives now, on this clock.
         Returns the refusal to answer it with if admission control does not let it in. A
         repeated submit (the caller retried) changes nothing."""
+        bind_request(submit.request_id)
         await self._ready()
         if submit.request_id in self._ended:
             return self._ended[submit.request_id][1]
@@ -175,6 +182,7 @@ class SchedulerActor:
         """Wait until the request's dispatch number `after + 1` (or a later one) is decided.
         `delivered`: the tokens its caller holds, which the next dispatch continues from. A
         request this scheduler does not know (its previous life did) is taken back as queued."""
+        bind_request(submit.request_id)
         await self._ready()
         rid = submit.request_id
         if rid in self._ended:
@@ -203,6 +211,7 @@ class SchedulerActor:
 
     async def abort(self, request_id: str, why: str = "aborted") -> None:
         """The client went away (or the ingress gave up): forget the request."""
+        bind_request(request_id)
         await self._ready()
         try:
             request = self._core.get(request_id)
@@ -343,6 +352,7 @@ class SchedulerActor:
             )
             for rid in gone:
                 await self.abort(rid, CLIENT_GONE)
+            bind_request(NO_REQUEST)  # abort() bound this loop's lines to its last request
             self._schedule()
 
     def _forget(self, request: Request) -> None:

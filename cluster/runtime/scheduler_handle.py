@@ -8,6 +8,7 @@ from typing import Any
 import ray
 
 from cluster.config import SchedulerConfig
+from cluster.runtime.log_setup import LogConfig
 from cluster.runtime.names import NAMESPACE, SCHEDULER_ACTOR
 from cluster.runtime.scheduler_actor import SchedulerActor
 from cluster.runtime.spec import ReplicaSpec
@@ -32,11 +33,15 @@ def scheduler_actor_options(detached: bool = True) -> dict[str, Any]:
 
 
 def get_or_create(
-    config: SchedulerConfig, replicas: list[ReplicaSpec], detached: bool = True
+    config: SchedulerConfig,
+    replicas: list[ReplicaSpec],
+    detached: bool = True,
+    logs: LogConfig | None = None,
 ) -> Any:
-    """The cluster's scheduler actor: the existing one if any, else a new one."""
+    """The cluster's scheduler actor: the existing one if any, else a new one (`logs`: its
+    log set-up)."""
     return (
         ray.remote(SchedulerActor)
         .options(**scheduler_actor_options(detached))
-        .remote(config, replicas)
+        .remote(config, replicas, logs=logs)
     )

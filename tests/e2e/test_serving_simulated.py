@@ -4,7 +4,8 @@ Every request is served in slices of a few tokens, so it goes back to the global
 dispatched again several times, yet the client gets one unbroken stream of exactly max_tokens.
 
 The service runs with API keys (a key file), so the front door is tested here too, over HTTP and
-gRPC: keys, their rotation, the bind address, the input limits."""
+gRPC: keys, their rotation, the bind address, the input limits. And traced, exporting OTLP/HTTP
+to a receiver in this process (tests/e2e/otlp.py)."""
 
 from __future__ import annotations
 
@@ -36,7 +37,16 @@ def key_file(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory, key_file):
+def otlp():
+    from tests.e2e.otlp import Receiver
+
+    receiver = Receiver()
+    yield receiver
+    receiver.close()
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory, key_file, otlp):
     settings = {
         "num_replicas": 2,
         "engine": {"max_num_seqs": 4},
@@ -44,6 +54,7 @@ def service(tmp_path_factory, key_file):
         "replica": {"kind": "simulated", "work_dir": str(tmp_path_factory.mktemp("sim"))},
         "predictor": {"scorer": "heuristic"},
         "auth": {"api_key_file": str(key_file)},
+        "tracing": {"otlp_endpoint": otlp.endpoint, "protocol": "http/protobuf"},
     }
     launcher.init_ray("local", 2)
     try:
@@ -98,7 +109,7 @@ def test_many_sliced_requests_at_once(url):
         assert reply.json()["usage"]["completion_tokens"] == body["max_tokens"]
 
 
-def test_redeploy_with_new_engine_settings_reaches_the_replicas(url, key_file, tmp_path):
+def test_redeploy_with_new_engine_settings_reaches_the_replicas(url, key_file, tmp_path, otlp):
     """The scheduler actor outlives deployments; a redeploy with other engine settings replaces
     the replicas (and a policy change applies while idle)."""
     from ray import serve
@@ -112,6 +123,7 @@ def test_redeploy_with_new_engine_settings_reaches_the_replicas(url, key_file, t
         "replica": {"kind": "simulated", "work_dir": str(tmp_path)},
         "predictor": {"scorer": "heuristic"},
         "auth": {"api_key_file": str(key_file)},
+        "tracing": {"otlp_endpoint": otlp.endpoint, "protocol": "http/protobuf"},
     }
     serve.run(build_app(settings), name=APP_NAME, route_prefix="/", blocking=False)
     launcher.wait_ready(url + "/ready", 120, headers=AUTH)
@@ -347,3 +359,39 @@ def test_the_key_file_rotates_without_restart(http, key_file):
     finally:
         key_file.write_text(f"{KEY}\n")
     assert http.get("/v1/models", headers=AUTH).is_success
+
+
+def test_a_request_is_one_trace_from_the_client_to_every_slice(http, stub, otlp):
+    """The client's traceparent (HTTP header, gRPC metadata) continued; a span for each step;
+    each slice a dispatch that its replica's engine.generate span continues."""
+    n, parent = 2 * SLICE + 1, "c3" * 8
+    trace_ids = {"POST /v1/completions": "a1" * 16, "gRPC GenerateStream": "b2" * 16}
+    tp = {root: f"00-{t}-{parent}-01" for root, t in trace_ids.items()}
+    body = {"model": MODEL, "prompt": "trace me", "max_tokens": n, "stream": True}
+    headers = {**AUTH, "traceparent": tp["POST /v1/completions"]}
+    r = http.post("/v1/completions", json=body, headers=headers)
+    assert r.status_code == 200 and r.text.endswith("data: [DONE]\n\n")
+    req = pb.GenerateRequest(model=MODEL, prompt="trace me", max_tokens=n)
+    metadata = (*GRPC_AUTH, ("traceparent", tp["gRPC GenerateStream"]))
+    assert sum(c.num_tokens for c in stub.GenerateStream(req, metadata=metadata)) == n
+    for root_name, trace_id in trace_ids.items():
+        spans = otlp.wait_for(trace_id, {root_name: 1, "engine.generate": 3})
+        names = sorted(s.name for s in spans)
+        assert names == sorted([root_name, "ingress.parse", "predictor.score", "scheduler.submit",
+                                "stream"] + ["queue.wait", "dispatch", "engine.generate"] * 3)  # fmt: skip
+        (root,) = (s for s in spans if s.name == root_name)
+        assert root.parent_id == parent and root.component == "ingress"
+        assert root.attributes["gen_ai.usage.output_tokens"] == n
+        assert root.attributes["rankserve.dispatches"] == 3
+        dispatches = {
+            s.attributes["rankserve.dispatch_no"]: s for s in spans if s.name == "dispatch"
+        }
+        slices = [dispatches[i].attributes["rankserve.slice"] for i in (1, 2, 3)]
+        assert slices == [True, True, False]
+        for s in spans:
+            if s.name == "engine.generate":
+                d = dispatches[s.attributes["rankserve.dispatch_no"]]
+                assert s.parent_id == d.span_id and s.component == "replica"
+                assert s.attributes["rankserve.replica"] == d.attributes["rankserve.replica"]
+            elif s is not root:
+                assert s.parent_id == root.span_id and s.component == "ingress"

@@ -72,6 +72,11 @@ class VllmEngine:
             if var in os.environ:
                 Path(os.environ[var]).mkdir(parents=True, exist_ok=True)
         cfg, replica = self.spec.engine, self.spec.replica
+        # vLLM's own spans (llm_request, with gen_ai.* latencies) where this replica traces;
+        # each continues the replica's engine.generate span through its trace headers.
+        exporting = self.spec.tracing.exporting() if self.spec.tracing.engine_spans else None
+        if exporting is not None:  # vLLM's exporter takes its protocol from this variable only
+            os.environ["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"] = exporting.protocol
         args = AsyncEngineArgs(
             model=self.spec.model,
             scheduling_policy="priority",
@@ -85,6 +90,7 @@ class VllmEngine:
             gpu_memory_utilization=replica.gpu_memory_utilization,
             enable_log_requests=False,
             disable_log_stats=True,  # our LoadLogger only; no periodic log lines
+            otlp_traces_endpoint=exporting.traces_endpoint if exporting else None,
         )
         self._llm = AsyncLLM.from_engine_args(args, stat_loggers=[self._stat_logger()])
         cache = self._llm.vllm_config.cache_config
@@ -113,7 +119,11 @@ class VllmEngine:
         self._in_flight += 1
         try:
             async for out in self._llm.generate(
-                prompt, params, call.engine_request_id, priority=call.priority
+                prompt,
+                params,
+                call.engine_request_id,
+                priority=call.priority,
+                trace_headers=call.trace_context,
             ):
                 completion = out.outputs[0]
                 reason = None
