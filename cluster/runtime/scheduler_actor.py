@@ -73,6 +73,7 @@ class SchedulerActor:
         self.metrics = SchedulerMetrics(self._core, self.fleet)
         self._tickets: dict[str, Ticket] = {}
         self._waiters: dict[str, asyncio.Future] = {}
+        self._held: dict[str, tuple[int, int]] = {}  # caller done with dispatch: (no, tokens)
         self._report_seq: dict[str, int] = {}  # replica -> last report applied
         self._leases = IngressLeases(self.INGRESS_LEASE_S)
         self._ended = EndedRequests()
@@ -103,15 +104,13 @@ class SchedulerActor:
         self._boot_began = True
         began = time.monotonic()
         try:
-            adopted = await self.fleet.adopt_running()
+            await self.fleet.adopt_running()  # it logs what it adopts
             attached = await self.fleet.attach_live()
         finally:
             self._lease_task = asyncio.create_task(self._lease_loop())
             self._booted.set()
-        took, live = time.monotonic() - began, len(attached)
-        logger.info(
-            "scheduler up in %.1f s: %d live replicas (%d adopted)", took, live, len(adopted)
-        )
+        took = time.monotonic() - began
+        logger.info("scheduler up in %.1f s: %d live replicas", took, len(attached))
         await self.fleet.start()
         if self.config.autoscaling.enabled:
             scaling = FleetAutoscaling(self.config.autoscaling, self._core, self.fleet)
@@ -195,6 +194,8 @@ class SchedulerActor:
         if self._core.resume_from(rid, delivered):
             self._tickets.pop(rid, None)
             self._schedule()
+        elif self._core.get(rid).num_dispatches == after:  # its end is not reported yet
+            self._held[rid] = (after, delivered)
         ticket = self._tickets.get(rid)
         if ticket is not None and ticket.dispatch_no > after:
             return ticket
@@ -241,6 +242,12 @@ class SchedulerActor:
                 self._adopt(replica, state, already_counted=counted)
         for request in self._core.apply(events):
             self._forget(request)
+        # The caller's count holds over the scheduler's (reports can be lost at a restart).
+        for rid in events.ended.keys() & self._held.keys():
+            after, delivered = self._held.pop(rid)
+            current = self._known(rid) and self._core.get(rid).num_dispatches == after
+            if current and self._core.resume_from(rid, delivered):
+                logger.warning("%s: token count set to its caller's %d", rid, delivered)
         self._schedule()
 
     async def set_policy(self, policy: PolicyConfig) -> None:
@@ -361,6 +368,7 @@ class SchedulerActor:
         self._core.forget(rid)
         self.metrics.ended(request)
         self._tickets.pop(rid, None)
+        self._held.pop(rid, None)
         self._leases.forget(rid)
         why = request.error or "ended"
         self._ended.remember(rid, why, request.refusal)
