@@ -19,6 +19,7 @@ from cluster.admission import Refusal
 from cluster.events import FinishReason
 from cluster.runtime.log_setup import bind_request
 from cluster.runtime.protocol import GenerateCall, SubmitRequest, TokenChunk
+from serve_app.lease_renewal import LeaseRenewal
 from serve_app.scoring import Scorer
 from serve_app.tracing import OFF, RequestTrace
 
@@ -121,13 +122,10 @@ class GenerationPath:
         self.scheduler = scheduler
         self.scorer = scorer
         self.ingress_id = ingress_id or uuid.uuid4().hex[:12]
-        self._lease: asyncio.Task | None = None
+        self.lease = LeaseRenewal(self._heartbeat, self.LEASE_RENEW_S)
 
-    async def _renew_lease(self) -> None:
-        while True:
-            with contextlib.suppress(Exception):  # a scheduler away now is retried next time
-                await self.scheduler.heartbeat.remote(self.ingress_id)
-            await asyncio.sleep(self.LEASE_RENEW_S)
+    async def _heartbeat(self) -> None:
+        await self.scheduler.heartbeat.remote(self.ingress_id)
 
     async def _call(self, method: str, *args: Any) -> Any:
         """A call to the scheduler actor, retried while it is down (Ray restarts it); the
@@ -153,8 +151,7 @@ class GenerationPath:
     ) -> AsyncIterator[TokenChunk]:
         """Yield the request's token chunks; the last one carries its finish reason (STOP or
         LENGTH). Raises GenerationFailed if the cluster gave up on it."""
-        if self._lease is None or self._lease.done():
-            self._lease = asyncio.create_task(self._renew_lease())
+        self.lease.ensure_running()  # on the first request (it needs the running loop)
         bind_request(inp.request_id)  # this task's log lines are about this request
         trace = record.trace
         began = time.perf_counter()

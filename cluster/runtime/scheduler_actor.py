@@ -9,7 +9,8 @@ coalesced, numbered reports. Every event runs a scheduling round.
 It survives its own death: Ray restarts it, its fleet reattaches to the (detached) replicas,
 their snapshots give back what runs where with the tokens so far, and the ingresses give back
 what waits (each call carries the request's description and the tokens its client holds).
-Requests whose ingress stops renewing its lease are aborted as "client gone".
+Requests whose ingress stops renewing its lease are aborted as "client gone" (see
+cluster.runtime.leases for when a lease runs).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from cluster.clock import WallClock
 from cluster.config import AdmissionConfig, PolicyConfig, SchedulerConfig
 from cluster.request import Request
 from cluster.runtime.autoscaling import FleetAutoscaling
+from cluster.runtime.caller_counts import CallerCounts
 from cluster.runtime.ended import EndedRequests
 from cluster.runtime.fleet import ReplicaFleet
 from cluster.runtime.leases import IngressLeases
@@ -73,7 +75,7 @@ class SchedulerActor:
         self.metrics = SchedulerMetrics(self._core, self.fleet)
         self._tickets: dict[str, Ticket] = {}
         self._waiters: dict[str, asyncio.Future] = {}
-        self._held: dict[str, tuple[int, int]] = {}  # caller done with dispatch: (no, tokens)
+        self._counts = CallerCounts()  # callers' token counts, until their dispatch ends
         self._report_seq: dict[str, int] = {}  # replica -> last report applied
         self._leases = IngressLeases(self.INGRESS_LEASE_S)
         self._ended = EndedRequests()
@@ -106,7 +108,8 @@ class SchedulerActor:
         try:
             await self.fleet.adopt_running()  # it logs what it adopts
             attached = await self.fleet.attach_live()
-        finally:
+        finally:  # leases run from now: the ingresses' renewals waited for the boot
+            self._leases.open(self._core.clock.now())
             self._lease_task = asyncio.create_task(self._lease_loop())
             self._booted.set()
         took = time.monotonic() - began
@@ -165,6 +168,7 @@ class SchedulerActor:
         repeated submit (the caller retried) changes nothing."""
         bind_request(submit.request_id)
         await self._ready()
+        self._leases.renew(submit.ingress_id, self._core.clock.now())  # a call: it is alive
         if submit.request_id in self._ended:
             return self._ended[submit.request_id][1]
         if self._known(submit.request_id):
@@ -183,6 +187,7 @@ class SchedulerActor:
         request this scheduler does not know (its previous life did) is taken back as queued."""
         bind_request(submit.request_id)
         await self._ready()
+        self._leases.renew(submit.ingress_id, self._core.clock.now())
         rid = submit.request_id
         if rid in self._ended:
             why, refusal = self._ended[rid]
@@ -195,7 +200,7 @@ class SchedulerActor:
             self._tickets.pop(rid, None)
             self._schedule()
         elif self._core.get(rid).num_dispatches == after:  # its end is not reported yet
-            self._held[rid] = (after, delivered)
+            self._counts.hold(rid, after, delivered)
         ticket = self._tickets.get(rid)
         if ticket is not None and ticket.dispatch_no > after:
             return ticket
@@ -206,8 +211,8 @@ class SchedulerActor:
         return await asyncio.shield(future)
 
     async def heartbeat(self, ingress_id: str) -> None:
-        """An ingress renews the lease of its requests."""
-        await self._ready()
+        """An ingress renews the lease of its requests (before the boot ends too: a lease is
+        opened afresh then)."""
         self._leases.renew(ingress_id, self._core.clock.now())
 
     async def abort(self, request_id: str, why: str = "aborted") -> None:
@@ -242,12 +247,7 @@ class SchedulerActor:
                 self._adopt(replica, state, already_counted=counted)
         for request in self._core.apply(events):
             self._forget(request)
-        # The caller's count holds over the scheduler's (reports can be lost at a restart).
-        for rid in events.ended.keys() & self._held.keys():
-            after, delivered = self._held.pop(rid)
-            current = self._known(rid) and self._core.get(rid).num_dispatches == after
-            if current and self._core.resume_from(rid, delivered):
-                logger.warning("%s: token count set to its caller's %d", rid, delivered)
+        self._counts.settle(self._core, events.ended.keys())
         self._schedule()
 
     async def set_policy(self, policy: PolicyConfig) -> None:
@@ -368,7 +368,7 @@ class SchedulerActor:
         self._core.forget(rid)
         self.metrics.ended(request)
         self._tickets.pop(rid, None)
-        self._held.pop(rid, None)
+        self._counts.forget(rid)
         self._leases.forget(rid)
         why = request.error or "ended"
         self._ended.remember(rid, why, request.refusal)
