@@ -118,6 +118,10 @@ class PolicyConfig:
     # rounds is promoted for `priority_quantum` rounds, then demoted with its counter reset.
     starvation_threshold: int = 200
     priority_quantum: int = 10
+    # A bound in seconds on LTR's wait (rounds bound none): a request queued longer than this
+    # since its arrival goes ahead of every score, oldest first, to its end. None: off (the
+    # paper's policy); the service sets one (serve_app.config).
+    ltr_max_wait_s: float | None = None
     # SSJF (Qiu et al. 2024): predicted time = predicted tokens x per-token time + constant;
     # a request that waited more than `ssjf_max_wait_s`, or more than `ssjf_wait_factor` times
     # its predicted time, goes first.
@@ -131,6 +135,8 @@ class PolicyConfig:
         POLICIES.check(self.name)
         if self.starvation_threshold < 1 or self.priority_quantum < 1:
             raise ValueError("starvation_threshold and priority_quantum must be >= 1")
+        if self.ltr_max_wait_s is not None and self.ltr_max_wait_s <= 0:
+            raise ValueError("ltr_max_wait_s must be > 0 (or none)")
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,13 @@ again from zero. A promoted request that is dispatched runs a slice of `priority
 tokens at top priority and then returns to the queue, ranked by its score again: the paper's
 "promoted for a quantum, then demoted", which guarantees progress without letting a long
 request hold a slot it would not get by rank.
+
+Rounds bound no wait in seconds: under a sustained overload a long request is outranked by
+every new short one, and progresses by one quantum per `starvation_threshold` rounds, so its
+latency grows with its length (admission control bounds the queue's drain time, not the wait
+of a request that the ranking keeps passing over). `ltr_max_wait_s` adds a bound in seconds:
+a request queued longer than that since its arrival is overdue, and overdue requests go ahead
+of every promoted one and every score, oldest first, each to its end (no quantum slice).
 """
 
 from __future__ import annotations
@@ -32,6 +39,8 @@ class LTRQueue(RequestQueue):
         self._promoted: dict[int, Request] = {}  # insertion order = promotion order
         self._promoted_until: dict[int, int] = {}
         self._demote_heap: list[tuple[int, int, Request]] = []
+        self._by_arrival: list[tuple[float, int, Request]] = []  # for overdue ones (lazy)
+        self._overdue: dict[int, Request] = {}  # insertion order = arrival order
 
     def key(self, request: Request) -> float:
         if request.score is None:
@@ -44,6 +53,8 @@ class LTRQueue(RequestQueue):
     def add(self, request: Request, now: float) -> None:
         self._by_score.push(request, self.key(request))
         self._arm(request, self.round + self.config.starvation_threshold)
+        if self.config.ltr_max_wait_s is not None:
+            heapq.heappush(self._by_arrival, (request.arrival_time, request.seq, request))
 
     def _arm(self, request: Request, at_round: int) -> None:
         self._arm_round[id(request)] = at_round
@@ -55,6 +66,7 @@ class LTRQueue(RequestQueue):
         self._arm_round.pop(rid, None)
         self._promoted.pop(rid, None)
         self._promoted_until.pop(rid, None)
+        self._overdue.pop(rid, None)
 
     def __len__(self) -> int:
         return len(self._by_score)
@@ -65,12 +77,15 @@ class LTRQueue(RequestQueue):
     def starvation_counter(self, request: Request) -> int:
         """Rounds since the request was queued or last demoted (0 while promoted)."""
         rid = id(request)
-        if rid in self._promoted:
+        if rid in self._promoted or rid in self._overdue:
             return 0
         return self.round - (self._arm_round[rid] - self.config.starvation_threshold)
 
     def is_promoted(self, request: Request) -> bool:
-        return id(request) in self._promoted
+        return id(request) in self._promoted or id(request) in self._overdue
+
+    def is_overdue(self, request: Request) -> bool:
+        return id(request) in self._overdue
 
     def begin_round(self, now: float) -> None:
         super().begin_round(now)
@@ -93,16 +108,31 @@ class LTRQueue(RequestQueue):
             self._promoted[rid] = request
             self._promoted_until[rid] = self.round + quantum
             heapq.heappush(demote, (self.round + quantum, request.seq, request))
+        self._mark_overdue(now)
+
+    def _mark_overdue(self, now: float) -> None:
+        max_wait = self.config.ltr_max_wait_s
+        by_arrival = self._by_arrival
+        while max_wait is not None and by_arrival and by_arrival[0][0] + max_wait <= now:
+            _, _, request = heapq.heappop(by_arrival)
+            rid = id(request)
+            if request in self._by_score and rid not in self._overdue:  # else: left the queue
+                self._overdue[rid] = request
+                self._promoted.pop(rid, None)
+                self._promoted_until.pop(rid, None)
+                self._arm_round.pop(rid, None)
 
     def ordered(self, now: float) -> Iterator[Request]:
+        overdue = list(self._overdue.values())
+        yield from overdue
         promoted = list(self._promoted.values())
         yield from promoted
         for request in self._by_score.ordered():
-            if id(request) not in self._promoted:
+            if id(request) not in self._promoted and id(request) not in self._overdue:
                 yield request
 
     def priority(self, request: Request, now: float) -> float:
-        return PROMOTED_PRIORITY if id(request) in self._promoted else self.key(request)
+        return PROMOTED_PRIORITY if self.is_promoted(request) else self.key(request)
 
     def slice_limit(self, request: Request) -> int | None:
         return self.config.priority_quantum if id(request) in self._promoted else None
