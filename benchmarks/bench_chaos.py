@@ -166,7 +166,21 @@ def ingress_replicas_running() -> int:
     return app.deployments["RankServeIngress"].replica_states.get("RUNNING", 0)
 
 
-async def kill_and_recover(kind: str, url: str, nodes: LocalCluster, worker: str) -> float:
+def placement_report() -> str:
+    """Why a replica is not placed: the live nodes' free resources and the fleet's replicas."""
+    nodes = [
+        f"{n['NodeManagerAddress']} {'alive' if n['Alive'] else 'dead'} "
+        f"CPU {n['Resources'].get('CPU', 0):g}"
+        for n in ray.nodes()
+    ]
+    free = ray.available_resources().get("CPU", 0)
+    fleet = [f"{r.replica_id} {'alive' if r.alive else 'down'}" for r in status().replicas]
+    return f"nodes: {'; '.join(nodes)}; free CPU {free:g}; replicas: {', '.join(fleet)}"
+
+
+async def kill_and_recover(
+    kind: str, url: str, nodes: LocalCluster, worker: str, timeout: float = 600.0
+) -> float:
     if kind == "replica":
         kill_9("EngineReplica")
         await asyncio.sleep(3)
@@ -189,7 +203,10 @@ async def kill_and_recover(kind: str, url: str, nodes: LocalCluster, worker: str
     nodes.kill_node(worker)
     nodes.add_node(cpus=1)  # a node with room arrives, as an autoscaler would bring one
     await asyncio.sleep(3)
-    return 3 + await until(lambda: sum(r.alive for r in status().replicas) == 2)
+    try:
+        return 3 + await until(lambda: sum(r.alive for r in status().replicas) == 2, timeout)
+    except TimeoutError:
+        raise TimeoutError(f"not placed in {timeout:g} s ({placement_report()})") from None
 
 
 def cluster_rss_mb(nodes: LocalCluster) -> float:
@@ -214,7 +231,9 @@ async def chaos(url: str, nodes: LocalCluster, worker: str, args) -> list[Phase]
         await asyncio.sleep(args.kill_after_s)
         print(f"kill: {phase.kind}", flush=True)
         try:
-            phase.recovery_s = await kill_and_recover(phase.kind, url, nodes, worker)
+            phase.recovery_s = await kill_and_recover(
+                phase.kind, url, nodes, worker, args.recovery_timeout_s
+            )
         except Exception as e:  # noqa: BLE001 - a phase that never recovers is a result
             phase.note = f"{type(e).__name__}: {e}"
         print(f"  recovered in {phase.recovery_s} s {phase.note}", flush=True)
@@ -262,6 +281,9 @@ def main() -> None:
     p.add_argument("--phase-s", type=float, default=45.0, help="load per kill")
     p.add_argument("--kill-after-s", type=float, default=8.0, help="into each phase")
     p.add_argument("--concurrency", type=int, default=24, help="streams in flight")
+    p.add_argument(
+        "--recovery-timeout-s", type=float, default=600.0, help="node kill: wait this long"
+    )
     p.add_argument(
         "--kinds",
         type=lambda v: [k for k in v.split(",") if k],

@@ -158,7 +158,9 @@ def summary(run: Run) -> dict:
         "e2e p50": pct(e2e, 50),
         "e2e p99": pct(e2e, 99),
         "e2e max": max(e2e, default=float("nan")),
+        "TTFT p50": pct(ttft, 50),
         "TTFT p99": pct(ttft, 99),
+        "TTFT max": max(ttft, default=float("nan")),
         "max queued": run.max_queued_seen,
         "RSS before (MiB)": run.rss_before_mib,
         "RSS after (MiB)": run.rss_after_mib,
@@ -181,6 +183,7 @@ def main() -> None:
     p.add_argument("--capacity-s", type=float, default=30.0)
     args = p.parse_args()
     shipped = ServeConfig(model="m").scheduler.admission
+    wait_cap = ServeConfig(model="m").scheduler.policy.ltr_max_wait_s
     settings = {"predictor": {"scorer": "heuristic"}, "cpu_threads_bind": one_core_each(2)}
     launcher.init_ray("local", 2)
     runs = []
@@ -209,8 +212,9 @@ def main() -> None:
         f"measured with every slot busy: {rate:.2f} requests/s (answers of 32-160 tokens). Then "
         f"{args.arrive_s:g} s of Poisson arrivals at {args.overload:g}x that "
         f"({args.overload * rate:.1f}/s), streamed; latencies (s) are of the requests served "
-        f"(200). shipped: {asdict(shipped)}; off: no bound. RSS: the service's processes "
-        "before and after the run.",
+        f"(200). shipped: {asdict(shipped)}; off: no bound. Both with ltr's wait bound as "
+        f"shipped (ltr_max_wait_s={wait_cap}). RSS: the service's processes before and after "
+        "the run.",
         "",
         *lines,
     ]
