@@ -101,6 +101,13 @@ def register(
     s.add_argument("--starvation-threshold", type=int, default=PolicyConfig().starvation_threshold)
     s.add_argument("--priority-quantum", type=int, default=PolicyConfig().priority_quantum)
     s.add_argument(
+        "--ltr-max-wait",
+        type=float,
+        default=None,
+        metavar="S",
+        help="ltr: a request queued S seconds goes ahead of every score, oldest first",
+    )
+    s.add_argument(
         "--slice-tokens",
         type=int,
         default=None,
@@ -291,6 +298,7 @@ def run(args: argparse.Namespace) -> int:
                 name=name,
                 starvation_threshold=args.starvation_threshold,
                 priority_quantum=args.priority_quantum,
+                ltr_max_wait_s=args.ltr_max_wait,
                 slo_search=SLOSearchConfig(
                     iterations=args.slo_iterations,
                     max_wall_ms=args.slo_wall_ms,
