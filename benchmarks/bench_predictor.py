@@ -12,6 +12,7 @@
   memory    the retrieval memory's lookup latency (p50/p99) when it holds 100k served requests
   online    online learning curve: tau per window of 100 on an unseen distribution, replayed
             through the retrain-and-swap loop (PNG in docs/img)
+  transfer  leave-one-dataset-out: each data set ranked by a model trained without it
 
 Reads prompt files in runs/data, made from ../shared/datasets on first use
 (benchmarks/prompt_sets.py). Prints the figures and writes them to docs/benchmarks.md.
@@ -22,6 +23,7 @@ Reads prompt files in runs/data, made from ../shared/datasets on first use
     python -m benchmarks.bench_predictor train-time
     python -m benchmarks.bench_predictor memory
     python -m benchmarks.bench_predictor online
+    python -m benchmarks.bench_predictor transfer
 """
 
 from __future__ import annotations
@@ -228,6 +230,7 @@ def main() -> None:
     from benchmarks.predictor_actor_load import actor_bench
     from benchmarks.predictor_learning import memory_bench, online_curve
     from benchmarks.predictor_training import finetune, train_time
+    from benchmarks.predictor_transfer import transfer
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="what", required=True)
@@ -257,8 +260,11 @@ def main() -> None:
     o = sub.add_parser("online")
     o.add_argument("--window", type=int, default=100)
     o.add_argument("--retrain-every", type=int, default=100)
+    sub.add_parser("transfer")
     args = parser.parse_args()
-    if args.what == "online":
+    if args.what == "transfer":
+        transfer()
+    elif args.what == "online":
         online_curve(args.window, args.retrain_every)
     elif args.what == "memory":
         memory_bench(args.stored, args.queries, args.batch)
