@@ -13,6 +13,7 @@
   online    online learning curve: tau per window of 100 on an unseen distribution, replayed
             through the retrain-and-swap loop (PNG in docs/img)
   transfer  leave-one-dataset-out: each data set ranked by a model trained without it
+  optin     build the opt-in ranker trained on CC BY-NC data (AlpacaEval), never shipped
 
 Reads prompt files in runs/data, made from ../shared/datasets on first use
 (benchmarks/prompt_sets.py). Prints the figures and writes them to docs/benchmarks.md.
@@ -230,7 +231,7 @@ def main() -> None:
     from benchmarks.predictor_actor_load import actor_bench
     from benchmarks.predictor_learning import memory_bench, online_curve
     from benchmarks.predictor_training import finetune, train_time
-    from benchmarks.predictor_transfer import transfer
+    from benchmarks.predictor_transfer import optin, transfer
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="what", required=True)
@@ -261,9 +262,12 @@ def main() -> None:
     o.add_argument("--window", type=int, default=100)
     o.add_argument("--retrain-every", type=int, default=100)
     sub.add_parser("transfer")
+    sub.add_parser("optin", help="build the opt-in CC BY-NC ranker into runs/models")
     args = parser.parse_args()
     if args.what == "transfer":
         transfer()
+    elif args.what == "optin":
+        optin()
     elif args.what == "online":
         online_curve(args.window, args.retrain_every)
     elif args.what == "memory":

@@ -17,8 +17,10 @@ from benchmarks.prompt_sets import (
     ALPACA_GPT4_TURBO,
     ALPACA_LLAMA3_8B,
     ALPACA_LLAMA3_70B,
+    ALPACA_MEAN,
     ARENA_GPT4,
     ARENA_GPT35,
+    ARENA_MEAN,
     ARENA_O3_MINI,
     CODE_ALPACA,
     GPTEACHER,
@@ -47,8 +49,18 @@ class Recipe:
     config: TrainConfig
 
 
+# Trained on CC BY-NC data (AlpacaEval): never the default, never in the repository; built on
+# request by `optin` below, its licence in its name and card.
+OPT_IN = Recipe(
+    "opt-in (CC BY-NC): arena-hard + AlpacaEval means of models",
+    (ARENA_MEAN, ALPACA_MEAN),
+    TrainConfig(),
+)
+OPT_IN_DIR = RUNS.parent / "models" / "ranker-arena-alpacaeval-cc-by-nc-4.0"
+
 RECIPES = (
     Recipe("shipped: 2 layers + cues, arena-hard mean of models", SHIPPED_TRAINING, TrainConfig()),
+    OPT_IN,
     Recipe(
         "previous: 1 layer, arena-hard gpt-4-0314",
         (GPTEACHER, ARENA_GPT4),
@@ -115,3 +127,37 @@ def transfer() -> None:
     print("\n".join(lines))
     update_section("predictor-transfer", "\n".join(lines))
     print(f"transfer benchmark: {time.monotonic() - t0:.0f} s")
+
+
+_OPT_IN_NOTES = """## Licence: CC BY-NC 4.0 (non-commercial)
+
+- Trained on AlpacaEval's 805 instructions with the answers of its 225 models (tatsu-lab/
+  alpaca_eval, data CC BY-NC 4.0; outputs also under each model provider's terms) and on
+  arena-hard's prompts with the answers of 20 models (lm-sys/arena-hard-auto, Apache-2.0).
+  Each prompt's label is the mean over models of its log answer length, each model's own mean
+  removed first. GPTeacher is left out: it lowers transfer to real user prompts (docs/predictor.md).
+- Because of AlpacaEval's licence this model may not be used commercially. It is not shipped in
+  the repository; rebuild it from ../shared with
+  `python -m benchmarks.bench_predictor optin`, and serve it with
+  `predictor: {model_dir: <this directory>}`.
+- Leave-one-dataset-out figures of this recipe: docs/benchmarks.md, `predictor-transfer`."""
+
+
+def optin() -> None:
+    """Build the opt-in non-commercial ranker into OPT_IN_DIR, with its card."""
+    from benchmarks.bench_predictor import EVAL_SETS
+    from predictor_actor.model_card import write_model_card
+
+    files = split_files(OPT_IN.training, "train")
+    data = load_labelled(files)
+    model = train(
+        data, OPT_IN_DIR, OPT_IN.config, cache_dir=CACHE, data_names=[f.name for f in files]
+    )
+    seen = set(data.prompts)
+    results = {}
+    for name, where in EVAL_SETS.items():
+        held = _load(*where)
+        held = held.subset(np.array([i for i, p in enumerate(held.prompts) if p not in seen], int))
+        results[name] = evaluate(model, held, cache_dir=CACHE)
+    write_model_card(OPT_IN_DIR, model, results, notes=_OPT_IN_NOTES)
+    print(f"wrote {OPT_IN_DIR} (CC BY-NC 4.0: non-commercial use only)")

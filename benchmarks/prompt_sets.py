@@ -12,7 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
-from cluster.workload.datasets import convert, default_shared_dir, list_models, split_by_prompt
+from cluster.workload.datasets import (
+    answer_lengths_by_model,
+    convert,
+    default_shared_dir,
+    split_by_prompt,
+)
 from cluster.workload.prompts import PromptRecord, write_prompt_file
 
 DATA = Path(__file__).resolve().parent.parent / "runs" / "data"
@@ -35,10 +40,12 @@ ARENA_GPT4 = Source("arena_hard", "gpt-4-0314")
 # The same prompts as ARENA_GPT4 (arena-hard v0.1 and arena-bench-v1), labelled by the mean
 # over every model that answered them (20 models; each model's own mean removed first), so
 # the label is the prompt's length demand, not one model's verbosity. Same splits as ARENA_GPT4.
-ARENA_MEAN = Source("arena_hard", "mean-of-models")
+MEAN_OF_MODELS = "mean-of-models"
+ARENA_MEAN = Source("arena_hard", MEAN_OF_MODELS)
 ARENA_GPT35 = Source("arena_hard", "gpt-3.5-turbo-0125")
 ARENA_O3_MINI = Source("arena_hard", "o3-mini-2025-01-31")
 ALPACA_GPT4 = Source("alpaca_eval", "gpt4")  # gpt-4-0314, the model of ARENA_GPT4
+ALPACA_MEAN = Source("alpaca_eval", MEAN_OF_MODELS)  # CC BY-NC: the opt-in model only
 ALPACA_GPT4_TURBO = Source("alpaca_eval", "gpt4_1106_preview")
 ALPACA_LLAMA3_8B = Source("alpaca_eval", "Meta-Llama-3-8B-Instruct")
 ALPACA_LLAMA3_70B = Source("alpaca_eval", "Meta-Llama-3-70B-Instruct")
@@ -58,8 +65,8 @@ def prompt_file(source: Source, split: str | None = None) -> Path:
     shared = default_shared_dir()
     if not shared.is_dir():
         raise SystemExit(f"{path} is missing and so is {shared}, which it is made from")
-    if source == ARENA_MEAN:
-        records = _mean_of_models(ARENA_GPT4, shared)
+    if source.model == MEAN_OF_MODELS:
+        records = _mean_of_models(source, shared)
     else:
         records = convert(
             source.dataset, shared, model=source.model, keep_output=True, progress=False
@@ -78,20 +85,18 @@ def split_files(sources: tuple[Source, ...], *splits: str) -> list[Path]:
     return [prompt_file(s, split) for s in sources for split in splits]
 
 
-def _mean_of_models(base: Source, shared: Path) -> list[PromptRecord]:
-    """`base`'s records (its prompts, in its order, so its splits carry over) with the label
-    exp(grand mean + mean over models of (log tokens - that model's mean log tokens))."""
+def _mean_of_models(source: Source, shared: Path) -> list[PromptRecord]:
+    """The gpt-4-0314 records of `source.dataset` (its prompts, in its order, so its splits carry
+    over) with the label exp(grand mean + mean over models of (log tokens - that model's mean
+    log tokens)); models of other prompts (arena-hard v2.0) are left out."""
+    base = ARENA_GPT4 if source.dataset == "arena_hard" else ALPACA_GPT4
     records = convert(base.dataset, shared, model=base.model, progress=False)
     wanted = {r.prompt for r in records}
     centred: dict[str, list[float]] = {p: [] for p in wanted}
     model_means = []
-    for model in list_models(base.dataset, shared):
-        logs = {
-            r.prompt: np.log(r.output_tokens)
-            for r in convert(base.dataset, shared, model=model, progress=False)
-            if r.prompt in wanted
-        }
-        if len(logs) < 100:  # a model of other prompts (arena-hard v2.0)
+    for lengths in answer_lengths_by_model(source.dataset, shared).values():
+        logs = {p: np.log(n) for p, n in lengths.items() if p in wanted}
+        if len(logs) < 100:
             continue
         mean = float(np.mean(list(logs.values())))
         model_means.append(mean)
