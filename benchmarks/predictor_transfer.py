@@ -95,7 +95,7 @@ def transfer() -> None:
                 tau = evaluate(model, held, cache_dir=CACHE)["kendall_tau"]
                 name = f"{test.stem} (n={len(held)})"
                 rows.setdefault(name, {})[recipe.name] = tau
-                rows[name]["trained on"] = " + ".join(s.stem for s in sources)
+                rows[name].setdefault("trained on", " + ".join(s.stem for s in sources))
                 by_dataset.setdefault(dataset, []).append(tau)
                 print(f"{recipe.name}: {name}: {tau:.3f}", flush=True)
         means[recipe.name] = {d: float(np.mean(v)) for d, v in by_dataset.items()}
