@@ -12,6 +12,8 @@
   memory    the retrieval memory's lookup latency (p50/p99) when it holds 100k served requests
   online    online learning curve: tau per window of 100 on an unseen distribution, replayed
             through the retrain-and-swap loop (PNG in docs/img)
+  transfer  leave-one-dataset-out: each data set ranked by a model trained without it
+  optin     build the opt-in ranker trained on CC BY-NC data (AlpacaEval), never shipped
 
 Reads prompt files in runs/data, made from ../shared/datasets on first use
 (benchmarks/prompt_sets.py). Prints the figures and writes them to docs/benchmarks.md.
@@ -22,6 +24,7 @@ Reads prompt files in runs/data, made from ../shared/datasets on first use
     python -m benchmarks.bench_predictor train-time
     python -m benchmarks.bench_predictor memory
     python -m benchmarks.bench_predictor online
+    python -m benchmarks.bench_predictor transfer
 """
 
 from __future__ import annotations
@@ -122,10 +125,11 @@ def quality(write_cards: bool) -> None:
     }
 
     lines = [
-        f"Models trained on the training splits of GPTeacher and arena-hard (GPT-4 answers; "
-        f"{len(train_data):,} prompts, 10% of which, by prompt, choose the epoch; the validation "
-        "and test splits are never used), frozen all-MiniLM-L6-v2 features (the first of its 6 "
-        "layers: the default, about as good here and ~3x faster), truncation 256, "
+        f"Models trained on the training splits of GPTeacher (GPT-4 answers) and arena-hard "
+        f"(each prompt labelled by the mean over its 20 answering models; {len(train_data):,} "
+        "prompts, 10% of which, by prompt, choose the epoch; the validation and test splits are "
+        f"never used), frozen all-MiniLM-L6-v2 features pooled after {TrainConfig().layers} of "
+        "its 6 layers, plus the textual length cues, truncation 256, "
         "the same head and schedule for every loss. Kendall tau-b over the whole held-out file "
         "(in brackets: mean tau over random lists of 32). Every set is held out by prompt: rows "
         "whose prompt is in the training splits are dropped (n counts what is left); only "
@@ -213,21 +217,24 @@ _CARD_NOTES = """## Notes
 
 - Licence of the training data: GPTeacher (teknium1/GPTeacher, MIT; GPT-4 outputs, OpenAI terms
   apply) and arena-hard (lm-sys/arena-hard-auto, Apache-2.0; prompts from Chatbot Arena users,
-  gpt-4-0314 answers under OpenAI's terms). No non-commercial data (alpaca_eval, code_alpaca) was
-  used for training; those sets are used for evaluation only.
+  answers of 20 models under their providers' terms; each prompt labelled by the mean over
+  models of its log answer length, each model's own mean removed first). No non-commercial data
+  (alpaca_eval, code_alpaca) was used for training; those sets are used for evaluation only.
 - GPTeacher prompts are self-instruct style (GPT-4 wrote prompts and answers); the arena-hard
   prompts are real user questions, which is why they are in: they make the ranking transfer
   better to real traffic. Still, retrain on your own request log (docs/predictor.md) for your
   model.
 - Reproduce: `python -m benchmarks.bench_predictor quality --write-cards` (makes the prompt
   files in runs/data from ../shared/datasets), or `rankserve predictor train --data
-  runs/data/gpteacher_train.jsonl runs/data/arena_hard_gpt-4-0314_train.jsonl --out DIR`."""
+  runs/data/gpteacher_train.jsonl runs/data/arena_hard_mean-of-models_train.jsonl --out DIR`.
+- Transfer to data sets it was not trained on: docs/benchmarks.md, `predictor-transfer`."""
 
 
 def main() -> None:
     from benchmarks.predictor_actor_load import actor_bench
     from benchmarks.predictor_learning import memory_bench, online_curve
     from benchmarks.predictor_training import finetune, train_time
+    from benchmarks.predictor_transfer import optin, transfer
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="what", required=True)
@@ -257,8 +264,14 @@ def main() -> None:
     o = sub.add_parser("online")
     o.add_argument("--window", type=int, default=100)
     o.add_argument("--retrain-every", type=int, default=100)
+    sub.add_parser("transfer")
+    sub.add_parser("optin", help="build the opt-in CC BY-NC ranker into runs/models")
     args = parser.parse_args()
-    if args.what == "online":
+    if args.what == "transfer":
+        transfer()
+    elif args.what == "optin":
+        optin()
+    elif args.what == "online":
         online_curve(args.window, args.retrain_every)
     elif args.what == "memory":
         memory_bench(args.stored, args.queries, args.batch)

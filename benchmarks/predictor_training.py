@@ -5,6 +5,7 @@ prompts."""
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +27,9 @@ def finetune(minutes: float, prompts: int, max_length: int, encoder_lr: float) -
     compare held-out tau with the frozen model's at the same truncation."""
     import torch
 
-    from predictor_actor.encoder import EncoderConfig, PromptEncoder, length_feature
+    from predictor_actor.encoder import PromptEncoder, length_feature
     from predictor_actor.head import listmle_loss
+    from predictor_actor.prompt_cues import prompt_cues
     from predictor_actor.text import clean_prompt
 
     train_data, val_data = _load(GPTEACHER, "train"), _load(GPTEACHER, "val")
@@ -35,7 +37,8 @@ def finetune(minutes: float, prompts: int, max_length: int, encoder_lr: float) -
     rng = np.random.default_rng(0)
     train_data = train_data.subset(rng.permutation(len(train_data))[:prompts])
     frozen = RankingModel.load(DEFAULT_MODEL_DIR)
-    enc_cfg = EncoderConfig(max_length=max_length)
+    # the shipped model's depth and features, at the truncation asked for
+    enc_cfg = replace(frozen.config.encoder, max_length=max_length)
 
     def tau_of(model: RankingModel, encoder: PromptEncoder, data: LabelledPrompts) -> float:
         encoder.model.eval()
@@ -76,7 +79,10 @@ def finetune(minutes: float, prompts: int, max_length: int, encoder_lr: float) -
             head.train()
             batch = [texts[i] for i in idx]
             pooled = encoder.pooled(batch)
-            feats = torch.cat([pooled, torch.from_numpy(length_feature(batch)).unsqueeze(1)], dim=1)
+            extra = [torch.from_numpy(length_feature(batch)).unsqueeze(1)]
+            if enc_cfg.cues:
+                extra.append(torch.from_numpy(prompt_cues(batch)))
+            feats = torch.cat([pooled, *extra], dim=1)
             scores = head(feats)[:, 0].reshape(lists_per_step, list_size)
             loss = listmle_loss(scores, lengths[idx].reshape(lists_per_step, list_size))
             opt.zero_grad()
@@ -93,7 +99,8 @@ def finetune(minutes: float, prompts: int, max_length: int, encoder_lr: float) -
         print(f"after epoch {epoch}: val tau {val:.3f}", flush=True)
     test = tau_of(model, encoder, test_data)
     lines = [
-        f"Fine-tuning the encoder (all 6 layers, learning rate {encoder_lr:g}) and the head "
+        f"Fine-tuning the encoder (the shipped model's {enc_cfg.layers} layers, learning rate "
+        f"{encoder_lr:g}) and the head "
         f"together with ListMLE (lists of 32, 8 lists per step), starting from the shipped "
         f"frozen-encoder model, on {len(texts)} GPTeacher training prompts at truncation "
         f"{max_length}, for at most {minutes:g} minutes of wall time (the training budget for "

@@ -43,8 +43,14 @@ def register(subparsers: argparse._SubParsersAction, name: str, help_text: str) 
     t.add_argument(
         "--layers",
         type=int,
-        default=1,
-        help="encoder layers to pool after, 1..6 (default 1: about as good, ~3x faster)",
+        default=2,  # TrainConfig.layers (not imported here: it pulls in torch)
+        help="encoder layers to pool after, 1..6 (default 2; docs/predictor.md says what depth "
+        "costs and buys)",
+    )
+    t.add_argument(
+        "--no-cues",
+        action="store_true",
+        help="leave out the textual length cues (predictor_actor/prompt_cues.py)",
     )
     t.add_argument(
         "--int8",
@@ -123,6 +129,7 @@ def _train(args: argparse.Namespace) -> int:
             max_length=args.max_length,
             layers=args.layers,
             quantize=args.int8,
+            cues=not args.no_cues,
             val_fraction=args.val_fraction,
             seed=args.seed,
             **overrides,

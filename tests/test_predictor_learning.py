@@ -166,3 +166,19 @@ def test_scoring_goes_on_unchanged_while_a_retrain_runs(tmp_path, shipped):
     after = predictor.score_batch(probe)
     assert after[0].version == "v0001" and [p.score for p in after] != before
     assert predictor.health()["learning"]["models"]["m"]["version"] == "v0001"
+
+
+def test_kept_labels_of_other_features_are_dropped_not_trained_on(tmp_path, shipped, caplog):
+    """Labels kept for a model of other features (e.g. one from before the length cues) cannot
+    train the serving model: they are dropped, with a warning, and learning starts afresh."""
+    from predictor_actor.learning import served_dir
+
+    model, _, _ = shipped
+    root = served_dir(tmp_path / "predictor-state", "m")
+    root.mkdir(parents=True)
+    np.savez(root / "examples.npz", features=np.zeros((5, 7), np.float16), tokens=np.ones(5))
+    learning = _learning(tmp_path, model)
+    with caplog.at_level("WARNING"):
+        learner = learning.learner("m")
+    assert learner.features.shape == (0, model.config.encoder.feature_dim)
+    assert "dropping 5 kept labels" in caplog.text

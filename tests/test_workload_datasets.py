@@ -5,6 +5,7 @@ import pytest
 
 from cluster.workload.datasets import (
     DatasetError,
+    answer_lengths_by_model,
     check_output_path,
     convert,
     list_models,
@@ -143,3 +144,15 @@ def test_convert_models_of_arena_hard_and_alpaca_eval():
         convert("arena_hard", SHARED, model="nobody", progress=False)
     with pytest.raises(DatasetError, match="drop --model"):
         convert("code_alpaca", SHARED, model="x", progress=False)
+
+
+@needs_shared
+@pytest.mark.needs_shared
+def test_answer_lengths_of_every_model_agree_with_convert():
+    pytest.importorskip("tokenizers")
+    lengths = answer_lengths_by_model("arena_hard", SHARED)
+    assert len(lengths) >= 20 and "gpt-4-0314" in lengths
+    one = convert("arena_hard", SHARED, model="gpt-3.5-turbo-0125", progress=False)
+    assert {r.prompt: r.output_tokens for r in one} == lengths["gpt-3.5-turbo-0125"]
+    with pytest.raises(DatasetError, match="one model"):
+        answer_lengths_by_model("gpteacher", SHARED)

@@ -161,6 +161,33 @@ def _alpaca_eval(folder: Path, model: str) -> Iterator[_Row]:
             )
 
 
+def answer_lengths_by_model(dataset: str, shared_dir: Path) -> dict[str, dict[str, int]]:
+    """Every model's answer length in tokens (at least 1) per prompt, for the data sets with
+    several models' answers (arena_hard, alpaca_eval), in one pass over the answers file."""
+    folder = _folder(shared_dir, dataset)
+    if dataset == "arena_hard":
+        questions = {}
+        with (folder / "questions.jsonl").open(encoding="utf-8") as f:
+            for line in f:
+                q = json.loads(line)
+                questions[q["benchmark"], q["question_id"]] = q["prompt"]
+        path, text = folder / "answers.jsonl.xz", "answer"
+        prompt_of = lambda a: questions[a["benchmark"], a["question_id"]]  # noqa: E731
+    elif dataset == "alpaca_eval":
+        with (folder / "prompts.jsonl").open(encoding="utf-8") as f:
+            instructions = {p["prompt_id"]: p["instruction"] for p in map(json.loads, f)}
+        path, text = folder / "outputs.jsonl.xz", "output"
+        prompt_of = lambda a: instructions[a["prompt_id"]]  # noqa: E731
+    else:
+        raise DatasetError(f"{dataset} holds one model's answers")
+    with lzma.open(path, "rt", encoding="utf-8") as f:
+        rows = [r for r in map(json.loads, f) if r["model"] not in EXCLUDED_ALPACA_MODELS]
+    out: dict[str, dict[str, int]] = {}
+    for r, n in zip(rows, _count([r[text] for r in rows], "answers", False), strict=True):
+        out.setdefault(r["model"], {})[prompt_of(r)] = max(1, n)
+    return out
+
+
 def list_models(dataset: str, shared_dir: Path) -> list[str]:
     """The models whose answers a data set holds (arena_hard, alpaca_eval)."""
     folder = _folder(shared_dir, dataset)
