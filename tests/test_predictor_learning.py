@@ -139,7 +139,8 @@ def test_scoring_goes_on_unchanged_while_a_retrain_runs(tmp_path, shipped):
     config = LearningConfig(
         request_log=str(log),
         retrain_every_requests=10**6,  # retrain only when this test says so
-        retrain=RetrainConfig(min_requests=150, min_holdout=40, epochs=120),
+        # long enough a retrain for several scoring batches to run during it
+        retrain=RetrainConfig(min_requests=150, min_holdout=40, epochs=600),
         poll_s=3600,
         default_model="m",
     )
