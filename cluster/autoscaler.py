@@ -48,6 +48,7 @@ class Autoscaler:
         self.config = config
         self.target = min(max(replicas, config.min_replicas), config.max_replicas)
         self._finished: deque[tuple[float, int]] = deque()
+        self._admitted: deque[tuple[float, int]] = deque()  # two rate windows of arrivals
         self._wishes: deque[tuple[float, int]] = deque()
         self._since: float | None = None  # when the wishes began (the last change)
         self.estimated_wait_s = 0.0
@@ -61,6 +62,28 @@ class Autoscaler:
         t0, n0 = window[0]
         return (load.finished - n0) / (load.now - t0) if load.now > t0 else 0.0
 
+    def arrival_forecast(self, load: FleetLoad) -> float | None:
+        """The arrival rate expected `forecast_s` ahead: the rate of the last `rate_window_s`
+        and its change from the window before, carried forward (not below 0); None until
+        the looks span two windows. Arrivals are what entered the fleet's count (finished,
+        queued or ongoing), so the host need not count them."""
+        w = self.config.rate_window_s
+        window = self._admitted
+        window.append((load.now, load.finished + load.queued + load.ongoing))
+        while len(window) > 1 and window[1][0] <= load.now - 2 * w:
+            window.popleft()
+        t0, n0 = window[0]
+        if load.now - t0 < 2 * w:
+            return None
+        # The count a window ago: the last look at or before it.
+        t1, n1 = max((p for p in window if p[0] <= load.now - w), key=lambda p: p[0])
+        recent = (window[-1][1] - n1) / (load.now - t1)
+        before = (n1 - n0) / (t1 - t0) if t1 > t0 else recent
+        # Each window's rate is that of its middle, (now - t0) / 2 apart; the forecast is from
+        # the recent window's middle to `forecast_s` ahead of now.
+        trend = (recent - before) / ((load.now - t0) / 2)
+        return max(recent + trend * (self.config.forecast_s + (load.now - t1) / 2), 0.0)
+
     def wish(self, load: FleetLoad) -> int:
         """The replica count this instant asks for (before the delays)."""
         cfg = self.config
@@ -69,7 +92,14 @@ class Autoscaler:
             self.estimated_wait_s = load.queued / rate if rate > 0 else math.inf
         else:
             self.estimated_wait_s = 0.0
-        wanted = math.ceil(load.ongoing / cfg.target_ongoing_requests)
+        ongoing = float(load.ongoing)
+        arrivals = self.arrival_forecast(load) if cfg.forecast_s > 0 else None
+        if arrivals is not None and rate > 0:
+            # Little's law: the requests in the fleet are the arrival rate times the time each
+            # spends there (ongoing / rate now); at the rate expected once a replica asked for
+            # now is up, they are this many.
+            ongoing = load.ongoing * arrivals / rate
+        wanted = math.ceil(ongoing / cfg.target_ongoing_requests)
         if load.queued:
             wanted = max(wanted, load.serving + load.starting)
         if self.estimated_wait_s > cfg.target_wait_s:

@@ -201,7 +201,11 @@ class AutoscalingConfig:
     # A removed replica first drains (takes no new request); what still runs on it after this
     # goes back to the queue and continues elsewhere with its prefix.
     drain_timeout_s: float = 60.0
-    rate_window_s: float = 60.0  # completions counted over this window for the rate
+    rate_window_s: float = 60.0  # completions (and arrivals) counted over this window
+    # Scale for the load expected this far ahead: the arrival rate's trend (its last rate window
+    # against the one before) carried forward. A replica asked for now serves only after the up
+    # delay and its start-up; the load of now is late by that much. 0: the load of now only.
+    forecast_s: float = 90.0
     interval_s: float = 5.0  # how often the host looks
 
     def __post_init__(self) -> None:
@@ -218,8 +222,9 @@ class AutoscalingConfig:
                 "autoscaling target_wait_s, target_ongoing_requests, rate_window_s and "
                 "interval_s must be > 0"
             )
-        if min(self.upscale_delay_s, self.downscale_delay_s, self.drain_timeout_s) < 0:
-            raise ValueError("autoscaling delays must be >= 0")
+        delays = (self.upscale_delay_s, self.downscale_delay_s, self.drain_timeout_s)
+        if min(*delays, self.forecast_s) < 0:
+            raise ValueError("autoscaling delays and forecast_s must be >= 0")
 
 
 @dataclass(frozen=True, slots=True)

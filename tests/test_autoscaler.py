@@ -127,3 +127,39 @@ def test_the_simulated_fleet_grows_under_a_burst_and_shrinks_back_losing_nothing
     )
     assert result.extra["replica_seconds"] > fixed.extra["replica_seconds"]
     assert result.metrics.e2e_latency_s.mean < fixed.metrics.e2e_latency_s.mean
+
+
+FORECAST = dataclasses.replace(CFG, rate_window_s=10.0, forecast_s=20.0, max_replicas=50)
+
+
+def rising(t: float) -> int:
+    """Arrivals so far when the rate is 10 + t per second."""
+    return round(10 * t + t * t / 2)
+
+
+def test_the_arrival_forecast_carries_the_rates_trend_forward() -> None:
+    a = Autoscaler(FORECAST, 2)
+    forecasts = [a.arrival_forecast(load(t, finished=rising(t))) for t in range(0, 42, 2)]
+    assert forecasts[:10] == [None] * 10  # two windows are needed for a trend
+    # At 40 s: the rate 20 s ahead, 10 + 60.
+    assert forecasts[-1] == 70.0
+
+
+def test_a_rising_load_is_asked_for_ahead_and_a_falling_one_let_go_of() -> None:
+    def wish(cfg: AutoscalingConfig, arrived) -> int:
+        """The wish at 40 s: 40 requests in the fleet, finishing as fast as they arrive."""
+        a = Autoscaler(cfg, 10)
+        for t in range(0, 42, 2):
+            w = a.wish(load(t, finished=arrived(t) - 40, ongoing=40, serving=10))
+        return w
+
+    steady = lambda t: 20 * t  # noqa: E731
+    rising = lambda t: 10 * t + t * t // 4  # noqa: E731  (the rate 10 + t / 2)
+    falling = lambda t: 40 * t - t * t // 4  # noqa: E731  (the rate 40 - t / 2)
+    now_only = dataclasses.replace(FORECAST, forecast_s=0.0)
+    assert [wish(now_only, f) for f in (steady, rising, falling)] == [10] * 3  # 40 / 4
+    # Rising: at the rate of 60 s (40/s) against that finishing now (27.5/s), 58 requests.
+    assert wish(FORECAST, rising) == 15
+    # Falling: 10/s at 60 s against 22.5/s, 18 requests.
+    assert wish(FORECAST, falling) == 5
+    assert wish(FORECAST, steady) == 10

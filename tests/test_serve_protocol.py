@@ -326,3 +326,18 @@ def test_an_unexpected_error_is_a_short_500(inputs):
     assert info.value.status == 500 and "secret" not in info.value.message
     assert oa.short("first line\nTraceback ...") == "first line"
     assert len(oa.short("y" * 1000)) == 300
+
+
+def test_the_proto_states_the_default_max_tokens_the_server_uses() -> None:
+    """The gRPC contract's comment gives the defaults a client gets without max_tokens."""
+    import dataclasses
+    import re
+    from pathlib import Path
+
+    proto = Path(__file__).parents[1] / "serve_app/proto/rankserve.proto"
+    line = next(ln for ln in proto.read_text().splitlines() if "int32 max_tokens" in ln)
+    chat = next(f for f in dataclasses.fields(ServeConfig) if f.name == "default_max_tokens")
+    from serve_app.request_input import COMPLETION_DEFAULT_MAX_TOKENS as completion
+
+    assert re.search(rf"{completion} for a prompt", line)
+    assert re.search(rf"default_max_tokens, {chat.default} unless set", line)
