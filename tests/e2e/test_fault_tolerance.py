@@ -204,9 +204,9 @@ def test_metrics_cover_the_dashboard_and_reach_rays_exporter(url):
         seen = {k[0] for k in _scrape(text)}
         time.sleep(2)
     assert wanted <= seen, f"not in Ray's exporter: {sorted(wanted - seen)}"
-    # Ray binds its exporter to the node's address when that is loopback, as the launcher's
-    # local cluster has it: no other interface answers (127.0.0.2 is loopback too). On a node
-    # with another address Ray 2.60 binds every interface, and has no setting (docs/metrics.md).
+    # The launcher keeps a local cluster's node on loopback, where Ray binds the exporter: no
+    # other interface answers (127.0.0.2 is loopback too). Elsewhere Ray 2.60 binds every
+    # interface and has no setting for it (docs/metrics.md).
     assert node["NodeManagerAddress"] == "127.0.0.1"
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"http://127.0.0.2:{node['MetricsExportPort']}/metrics", timeout=5)
