@@ -74,6 +74,16 @@ class LimitSettings:
             raise ValueError("limits.max_chars_per_token must be >= 1")
 
 
+@dataclass(frozen=True, slots=True)
+class MetricsSettings:
+    """The ingress's request metrics (docs/metrics.md). Off: no histograms or counters are kept
+    for requests (nor mirrored into Ray's metrics API) and GET /metrics says it is off; for
+    measuring what they cost (benchmarks/observability_overhead.py) or a service that is not
+    scraped."""
+
+    enabled: bool = True
+
+
 def _serving_scheduler() -> SchedulerConfig:
     # A service answers overload with 429 at once rather than with minutes of queue. Under a
     # sustained overload the queue sits at its drain-time bound, so that bound is about the
@@ -108,6 +118,7 @@ class ServeConfig:
     limits: LimitSettings = field(default_factory=LimitSettings)
     # OTLP traces (docs/tracing.md), off unless an endpoint is set here or in OTEL_* variables
     tracing: TracingConfig = field(default_factory=TracingConfig)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
     logging: LogConfig = field(default_factory=LogConfig)  # every actor's log lines
 
     def __post_init__(self) -> None:

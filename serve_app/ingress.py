@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
 
@@ -26,14 +26,15 @@ from predictor_actor.request_log import RequestLogEntry, RequestLogWriter
 from serve_app import openai_protocol as oa
 from serve_app.auth import APIKeys
 from serve_app.config import ServeConfig
-from serve_app.front_door import FrontDoor, FrontDoorMiddleware
+from serve_app.front_door import FrontDoor
 from serve_app.generation import (
     GenerationFailed,
     GenerationInput,
     GenerationPath,
     GenerationRecord,
 )
-from serve_app.metrics import CONTENT_TYPE, IngressMetrics
+from serve_app.http_api import make_app
+from serve_app.metrics import CONTENT_TYPE, ingress_metrics
 from serve_app.proto import rankserve_pb2 as pb
 from serve_app.request_input import RequestInputs
 from serve_app.scoring import make_scorer
@@ -45,18 +46,8 @@ STATUS_TIMEOUT_S = 5.0
 _REFUSAL_TYPES = {429: "rate_limit_error", 408: "timeout_error"}  # OpenAI error types
 
 
-def _replica_front_door() -> FrontDoor:
-    return serve.get_replica_context().servable_object.front_door
-
-
-# No /docs or /redoc: they load their scripts from a CDN. /openapi.json stays, behind the key.
-api = FastAPI(
-    title="rankserve",
-    description="OpenAI-compatible LLM serving with global ranking",
-    docs_url=None,
-    redoc_url=None,
-)
-api.add_middleware(FrontDoorMiddleware, resolve=_replica_front_door)
+# No /docs or /redoc (a CDN); /openapi.json documents the bodies and errors, behind the key.
+api = make_app()
 
 
 # Helpers used by the deployment are defined above it: Serve pickles the deployment class when
@@ -107,7 +98,7 @@ class Ingress:
         )
         self.scorer = scorer = make_scorer(self.config.predictor, self.config.logging)
         self.path = GenerationPath(self.scheduler, scorer, ingress_id)
-        self.metrics = IngressMetrics(self.path.ingress_id)
+        self.metrics = ingress_metrics(self.config.metrics, self.path.ingress_id)
         self.request_log = (
             RequestLogWriter(self.config.request_log, self.config.request_log_max_bytes)
             if self.config.request_log

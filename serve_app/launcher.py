@@ -34,19 +34,30 @@ def init_ray(address: str, num_replicas: int, dashboard: bool = False) -> None:
     import ray
 
     if address == "local":
+        from ray._private import ray_constants
+
         # Ray runs workers at nice 15 by default; the engines are the latency-critical work
         # here, and on a shared machine nice 15 starves them behind everything else.
         os.environ.setdefault("RAY_worker_niceness", "0")
-        ray.init(
-            address="local",
-            namespace=NAMESPACE,
-            include_dashboard=dashboard,
-            dashboard_host="127.0.0.1",
-            _node_ip_address="127.0.0.1",
-            # Logical CPUs: replicas take one each, the predictor half; on a small machine
-            # they share the cores anyway.
-            num_cpus=max(os.cpu_count() or 1, num_replicas + 2),
-        )
+        # Ray 2.60 moves a node given as 127.0.0.1 to the machine's outward address
+        # (services.resolve_ip_for_localhost) unless clusters are off, and its metrics
+        # exporter then listens on every interface; it has no setting for that address
+        # (docs/metrics.md). A local cluster is one machine's: with clusters off while it
+        # starts, the node stays on loopback and the exporter listens on 127.0.0.1 only.
+        clusters, ray_constants.ENABLE_RAY_CLUSTER = ray_constants.ENABLE_RAY_CLUSTER, False
+        try:
+            ray.init(
+                address="local",
+                namespace=NAMESPACE,
+                include_dashboard=dashboard,
+                dashboard_host="127.0.0.1",
+                _node_ip_address="127.0.0.1",
+                # Logical CPUs: replicas take one each, the predictor half; on a small
+                # machine they share the cores anyway.
+                num_cpus=max(os.cpu_count() or 1, num_replicas + 2),
+            )
+        finally:
+            ray_constants.ENABLE_RAY_CLUSTER = clusters
     else:
         ray.init(address=address, namespace=NAMESPACE)
 

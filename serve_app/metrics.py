@@ -10,6 +10,7 @@ ingress replica, the request metrics are this replica's."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Iterable
 from typing import Any
@@ -21,6 +22,7 @@ from cluster.runtime.metrics_export import GAUGE, Family, scheduler_families
 from cluster.runtime.names import NAMESPACE, replica_actor_name
 from cluster.runtime.status import ClusterStatus
 from predictor_actor.metrics import predictor_families
+from serve_app.config import MetricsSettings
 from serve_app.generation import GenerationFailed, GenerationRecord
 
 logger = logging.getLogger(__name__)
@@ -260,3 +262,21 @@ class IngressMetrics:
             families += predictor_families(predictor)
         ours = generate_latest(self.registry)
         return ours + generate_latest(_Families(map(to_prometheus, families)))
+
+
+class MetricsOff:
+    """What the ingress keeps with metrics.enabled false: nothing. A request's stream passes
+    through untouched, and a scrape says why it is empty."""
+
+    async def scrape(self, status: Awaitable[Any], health: Awaitable[Any], degraded: bool) -> bytes:
+        for source in (status, health):  # made by the caller: not waited for
+            if inspect.iscoroutine(source):
+                source.close()
+        return b"# rankserve: metrics are off (metrics.enabled: false)\n"
+
+    def track(self, chunks: AsyncIterator[Any], record: GenerationRecord) -> AsyncIterator[Any]:
+        return chunks
+
+
+def ingress_metrics(settings: MetricsSettings, ingress_id: str) -> IngressMetrics | MetricsOff:
+    return IngressMetrics(ingress_id) if settings.enabled else MetricsOff()

