@@ -156,10 +156,15 @@ def main(argv: list[str] | None = None) -> int:
         if not have_shared:
             print("refusing to write the golden without ../shared (Azure cases)", file=sys.stderr)
             return 2
+        # --case re-records those cases and keeps the others as they were
+        recorded = read_golden() if args.case else {}
+        for name, case_args in wanted.items():
+            recorded[name] = run_case(case_args)
+            print(f"recorded {name}", file=sys.stderr)
         with GOLDEN.open("w") as f:
-            for name, case_args in wanted.items():
-                f.write(json.dumps({"case": name, "rows": run_case(case_args)}) + "\n")
-                print(f"recorded {name}", file=sys.stderr)
+            for name in cases():
+                if name in recorded:
+                    f.write(json.dumps({"case": name, "rows": recorded[name]}) + "\n")
         return 0
     golden = read_golden()
     differ = []
