@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from benchmarks.bench_predictor import CACHE, RUNS, _fmt, _load
+from benchmarks.bench_predictor import CACHE, RUNS, _fmt, _load, _unseen
 from benchmarks.prompt_sets import (
     ALPACA_GPT4,
     ALPACA_GPT4_TURBO,
@@ -88,10 +88,7 @@ def transfer() -> None:
             )
             seen = set(data.prompts)
             for test in tests:
-                held = _load(test)
-                held = held.subset(
-                    np.array([i for i, p in enumerate(held.prompts) if p not in seen], int)
-                )
+                held = _unseen(_load(test), seen)
                 tau = evaluate(model, held, cache_dir=CACHE)["kendall_tau"]
                 name = f"{test.stem} (n={len(held)})"
                 rows.setdefault(name, {})[recipe.name] = tau
@@ -156,8 +153,7 @@ def optin() -> None:
     seen = set(data.prompts)
     results = {}
     for name, where in EVAL_SETS.items():
-        held = _load(*where)
-        held = held.subset(np.array([i for i, p in enumerate(held.prompts) if p not in seen], int))
+        held = _unseen(_load(*where), seen)
         results[name] = evaluate(model, held, cache_dir=CACHE)
     write_model_card(OPT_IN_DIR, model, results, notes=_OPT_IN_NOTES)
     print(f"wrote {OPT_IN_DIR} (CC BY-NC 4.0: non-commercial use only)")
