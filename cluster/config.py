@@ -102,6 +102,9 @@ class SLOSearchConfig:
     horizon: int = 64  # queue positions whose order is searched; the rest keep theirs
     seed: int = 0
     min_concurrency: int = 8  # lowest per-replica concurrency limit the search may set
+    # Share of a request's slack that its warm start's order keeps for arrivals still to come
+    # (cluster.slo_search.most_on_time): 0 lends it all to requests whose SLO is lost.
+    slack_reserve: float = 0.5
     profile: str = "a100-llama3-8b"
 
     def __post_init__(self) -> None:
@@ -109,6 +112,8 @@ class SLOSearchConfig:
             raise ValueError("slo search: iterations >= 0, horizon >= 2, min_concurrency >= 1")
         if self.max_wall_ms is not None and self.max_wall_ms <= 0:
             raise ValueError("slo search: max_wall_ms must be > 0 (or none)")
+        if not 0 <= self.slack_reserve < 1:
+            raise ValueError("slo search: slack_reserve must be in [0, 1)")
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,14 +4,16 @@ latencies); see `cluster.slo_search` for the latency model, the moves and the sc
 
 A plan is made before a scheduling round whenever the queue changed since the last one
 (arrivals, dispatches, requests back from a slice): warm-started from the previous plan, with
-the requests that arrived since inserted at their earliest-deadline-first place, and bounded
-by the configured iterations and wall time. Between plans the order stands."""
+the requests that arrived since inserted at their earliest-deadline-first place, or from the
+most-on-time order built anew when that scores better, and bounded by the configured
+iterations and wall time. Between plans the order stands."""
 
 from __future__ import annotations
 
 import math
 import random
 import time
+from collections import deque
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -20,7 +22,8 @@ import numpy as np
 from cluster.latency_model import LatencyModel
 from cluster.policies.base import RequestQueue
 from cluster.request import Request
-from cluster.slo_search import Problem, anneal
+from cluster.slo_search import Problem
+from cluster.slo_search import plan as search_plan
 
 if TYPE_CHECKING:
     from cluster.config import PolicyConfig, SLOClass, SLOConfig
@@ -28,6 +31,7 @@ if TYPE_CHECKING:
 
 _INF = math.inf
 _CONTEXT_QUANTUM = 64  # mean contexts rounded to this, so step times are looked up, not redone
+RATE_WINDOW_S = 10.0  # the arrival rate the concurrency limits must keep up with, measured over
 
 
 def _bounds(c: SLOClass) -> tuple[float, float, float]:
@@ -49,6 +53,12 @@ def _predicted_remaining(request: Request, required: bool) -> float:
     return max(1.0, min(request.predicted_tokens, request.max_tokens) - request.generated)
 
 
+def _predicted_total(request: Request) -> float:
+    if request.predicted_tokens is None:
+        return float(request.max_tokens)
+    return float(max(request.generated, min(request.predicted_tokens, request.max_tokens)))
+
+
 class SLOQueue(RequestQueue):
     def __init__(self, config: PolicyConfig, slos: SLOConfig, latency: LatencyModel) -> None:
         super().__init__(config)
@@ -62,6 +72,7 @@ class SLOQueue(RequestQueue):
         self._fresh: set[int] = set()  # their ids
         self._rank: dict[int, int] = {}
         self._limits: dict[str, int] = {}
+        self._arrivals: deque[float] = deque()  # arrival times of the last RATE_WINDOW_S
         self._dirty = False
         self.plans = 0
         self.search_s = 0.0  # wall time spent planning, all plans together
@@ -75,6 +86,8 @@ class SLOQueue(RequestQueue):
     def add(self, request: Request, now: float) -> None:
         _predicted_remaining(request, required=True)  # fail at once, not at the next plan
         self._members[id(request)] = request
+        if request.num_dispatches == 0:
+            self._arrivals.append(request.arrival_time)
         # A request back from a slice may still sit in the last plan: it is placed anew.
         if id(request) not in self._fresh:
             self._fresh.add(id(request))
@@ -125,16 +138,7 @@ class SLOQueue(RequestQueue):
             ],
             dtype=np.int64,
         )
-        wall = self.search.max_wall_ms
-        result = anneal(
-            problem,
-            limits,
-            iterations=self.search.iterations,
-            horizon=self.search.horizon,
-            min_concurrency=lo,
-            rng=self._rng,
-            max_wall_s=None if wall is None else wall / 1000.0,
-        )
+        result = search_plan(problem, limits, self.search, self._rng)
         self._order = [order[i] for i in result.order]
         self._rank = {id(r): k for k, r in enumerate(self._order)}
         self._limits = {v.replica_id: int(c) for v, c in zip(views, result.limits, strict=True)}
@@ -173,6 +177,10 @@ class SLOQueue(RequestQueue):
             else 0.0
         )
         context_q = max(_CONTEXT_QUANTUM, round(context / _CONTEXT_QUANTUM) * _CONTEXT_QUANTUM)
+        # What a request holds in KV at its end: its prompt and whole predicted answer.
+        mean_tokens = (
+            float(np.mean([r.prompt_tokens + _predicted_total(r) for r in pool])) if pool else 1.0
+        )
         return Problem(
             now=now,
             arrival=np.array([r.arrival_time for r in order], dtype=float),
@@ -192,7 +200,18 @@ class SLOQueue(RequestQueue):
             run_weight=np.array([self.slos.get(r.slo).weight for _, r in held], dtype=float),
             max_seqs=np.array([v.max_num_seqs for v in views], dtype=np.int64),
             step_s=lambda _r, batch: self.latency.decode_step_s(batch, context_q),
+            arrival_rate=self._arrival_rate(now),
+            kv_seqs=np.array(
+                [v.total_kv_blocks * v.block_size / max(1.0, mean_tokens) for v in views]
+            ),
         )
+
+    def _arrival_rate(self, now: float) -> float:
+        while self._arrivals and self._arrivals[0] < now - RATE_WINDOW_S:
+            self._arrivals.popleft()
+        if not self._arrivals:
+            return 0.0
+        return len(self._arrivals) / max(1.0, min(RATE_WINDOW_S, now - self._arrivals[0]))
 
     def ordered(self, now: float) -> Iterator[Request]:
         members, fresh = self._members, self._fresh
