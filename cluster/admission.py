@@ -12,7 +12,8 @@ Three bounds, each optional (`AdmissionConfig`):
   answered 408 (it has streamed nothing yet).
 With tenant weights, a full queue sheds the tenant furthest over its weighted share first: a
 request of a tenant within its share takes the place of the newest never-dispatched request of
-the tenant most over its share.
+the tenant most over its share. Before these, optionally, a request whose SLO no replica could
+meet is refused or demoted (`cluster.slo_admission`, reason `slo_unreachable`).
 """
 
 from __future__ import annotations
