@@ -115,7 +115,7 @@ def estimate(
     latency: LatencyModel,
 ) -> Estimate:
     """`request` on `view`'s replica, dispatched there as soon as a slot frees."""
-    held = [requests[rid] for rid in sorted(view.assigned) if rid in requests]
+    held = [requests[rid] for rid in sorted(view.assigned)]  # sorted: a seed, one result
     limit = min(view.max_num_seqs, view.slot_limit or view.max_num_seqs)
     batch = min(len(held) + 1, limit)
     tokens = max(1.0, expected_tokens(request))
