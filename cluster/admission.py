@@ -12,7 +12,8 @@ Three bounds, each optional (`AdmissionConfig`):
   answered 408 (it has streamed nothing yet).
 With tenant weights, a full queue sheds the tenant furthest over its weighted share first: a
 request of a tenant within its share takes the place of the newest never-dispatched request of
-the tenant most over its share.
+the tenant most over its share. Before these, optionally, a request whose SLO no replica could
+meet is refused or demoted (`cluster.slo_admission`, reason `slo_unreachable`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class ShedReason(enum.Enum):
     WAIT_TOO_LONG = "wait_too_long"
     TENANT_OVER_SHARE = "tenant_over_share"
     QUEUE_TIMEOUT = "queue_timeout"
+    SLO_UNREACHABLE = "slo_unreachable"  # cluster.slo_admission
 
     @property
     def http_status(self) -> int:
@@ -108,7 +110,7 @@ class AdmissionControl:
             return Refusal(
                 ShedReason.QUEUE_FULL,
                 f"the queue is full ({len(queued)} requests waiting, max_queued={cfg.max_queued})",
-                _retry_after(excess / per_s if per_s else None),
+                retry_after(excess / per_s if per_s else None),
             )
         if cfg.max_queue_wait_s is None:
             return None
@@ -130,7 +132,7 @@ class AdmissionControl:
             ShedReason.WAIT_TOO_LONG,
             f"the queue would take about {wait:.0f} s to drain at the current {at} "
             f"(max_queue_wait_s={cfg.max_queue_wait_s:g})",
-            _retry_after(wait - cfg.max_queue_wait_s),
+            retry_after(wait - cfg.max_queue_wait_s),
         )
 
     def _over_share_victim(self, request: Request, queued: Sequence[Request]) -> Request | None:
@@ -163,7 +165,7 @@ def expected_tokens(request: Request) -> float:
     return max(0.0, total - request.generated)
 
 
-def _retry_after(estimate_s: float | None) -> float:
+def retry_after(estimate_s: float | None) -> float:
     if estimate_s is None:
         return RETRY_AFTER_MIN_S
     return float(min(RETRY_AFTER_MAX_S, max(RETRY_AFTER_MIN_S, math.ceil(estimate_s))))

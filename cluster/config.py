@@ -144,6 +144,9 @@ class PolicyConfig:
             raise ValueError("ltr_max_wait_s must be > 0 (or none)")
 
 
+SLO_UNREACHABLE = ("off", "reject", "demote")
+
+
 @dataclass(frozen=True, slots=True)
 class AdmissionConfig:
     """Bounds on the global queue (see cluster.admission); None turns a bound off. Off by
@@ -156,10 +159,22 @@ class AdmissionConfig:
     # first. Tenants not listed weigh `default_tenant_weight`.
     tenant_shares: tuple[str, ...] = ()
     default_tenant_weight: float = 1.0
+    # SLO-aware admission (cluster.slo_admission): a request whose SLO no replica could meet
+    # even at the head of the queue is refused 429 (`reject`), or put in `best_effort_class`
+    # (`demote`, a class of SchedulerConfig.slo); `off`: queued whatever its SLO.
+    slo_unreachable: str = "off"
+    best_effort_class: str | None = None
 
     def __post_init__(self) -> None:
         if self.max_queued is not None and self.max_queued < 0:
             raise ValueError("admission.max_queued must be >= 0")
+        if self.slo_unreachable not in SLO_UNREACHABLE:
+            raise ValueError(
+                f"admission.slo_unreachable: {self.slo_unreachable!r} is not one of "
+                f"{', '.join(SLO_UNREACHABLE)}"
+            )
+        if self.slo_unreachable == "demote" and not self.best_effort_class:
+            raise ValueError("admission.slo_unreachable=demote needs admission.best_effort_class")
         for name in ("max_queue_wait_s", "queue_timeout_s"):
             value = getattr(self, name)
             if value is not None and value <= 0:
@@ -275,6 +290,11 @@ class SchedulerConfig:
 
     def __post_init__(self) -> None:
         ROUTINGS.check(self.routing)
+        if (best_effort := self.admission.best_effort_class) is not None:
+            try:
+                self.slo.get(best_effort)
+            except ValueError as err:
+                raise ValueError(f"admission.best_effort_class: {err}") from None
 
 
 @dataclass(frozen=True, slots=True)

@@ -163,3 +163,4 @@ class SchedulerStats:
     slices: int
     shed: dict[str, int]  # refused or dropped from the queue, by ShedReason value
     preemptions: int = 0  # dispatches the scheduler ended early (cluster.preemption)
+    slo_demoted: int = 0  # put in the best-effort SLO class on arrival (cluster.slo_admission)

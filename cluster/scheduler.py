@@ -14,7 +14,7 @@ from collections import Counter
 from cluster.admission import AdmissionControl, Refusal, ShedReason
 from cluster.clock import Clock
 from cluster.config import AdmissionConfig, SchedulerConfig
-from cluster.dispatch import Dispatch, engine_priority
+from cluster.dispatch import Dispatch, dispatch
 from cluster.events import EngineEvents, FinishReason
 from cluster.latency_model import LatencyModel
 from cluster.metrics import SchedulerStats
@@ -24,6 +24,7 @@ from cluster.replicas import ReplicaSet, ReplicaView
 from cluster.request import Request, RequestState
 from cluster.routing import make_routing
 from cluster.service_rate import ServiceRate
+from cluster.slo_admission import SLOAdmission
 from cluster.slo_attainment import SLOAttainment
 from cluster.swaps import EarlyEnd, Swaps
 
@@ -47,11 +48,8 @@ class Scheduler:
         self._rounds_before = 0  # rounds counted by queues replaced in `reconfigure`
         self._rejected: list[Request] = []
         self._shed: Counter[ShedReason] = Counter()
-        self.config = config
-        self.queue = make_queue(config.policy, config.slo, latency)
-        self._swaps = Swaps(config.preemption, self.latency, config.policy.slo_search.profile)
-        self.routing = make_routing(config)
-        self.admission = AdmissionControl(config.admission)
+        self.slo_admission = SLOAdmission(latency)  # its count of demotions stays
+        self._configure(config)
         self.rate = ServiceRate()
         self.rank_quality = RankQualityMonitor(config.rank_quality_window)
         self.slo_attainment = SLOAttainment(config.slo)
@@ -68,6 +66,9 @@ class Scheduler:
             self.rank_quality = RankQualityMonitor(config.rank_quality_window)
         if config.slo != self.config.slo:
             self.slo_attainment = SLOAttainment(config.slo)
+        self._configure(config)
+
+    def _configure(self, config: SchedulerConfig) -> None:
         self.config = config
         self.queue = make_queue(config.policy, config.slo, self.latency)
         self._swaps = Swaps(config.preemption, self.latency, config.policy.slo_search.profile)
@@ -134,17 +135,20 @@ class Scheduler:
         """Submit `request` if admission control lets it in; else mark it failed with the
         refusal to answer it with, and return that (the scheduler does not keep it). A request
         admitted in place of a queued one of a tenant over its share fails that one, which
-        `take_rejected` then returns."""
-        if self.config.admission.is_bounded:
+        `take_rejected` then returns. First, SLO-aware admission refuses, or demotes to the
+        best-effort class, one whose SLO no replica could meet (`cluster.slo_admission`)."""
+        now, serving = self.clock.now(), self._replicas.serving()
+        refusal = self.slo_admission.screen(request, self.config, serving, self._requests, now)
+        if refusal is None and self.config.admission.is_bounded:
             queued = [r for r in self._requests.values() if r.state is RequestState.QUEUED]
-            decision = self.admission.decide(request, queued, self.rate, self.clock.now())
-            if (refusal := decision.refusal) is not None:
-                request.state, request.error = RequestState.FAILED, refusal.message
-                request.refusal = refusal
-                self._shed[refusal.reason] += 1
-                return refusal
-            if decision.evict is not None:
+            decision = self.admission.decide(request, queued, self.rate, now)
+            if (refusal := decision.refusal) is None and decision.evict is not None:
                 self._refuse(decision.evict, self.admission.eviction_refusal(decision.evict))
+        if refusal is not None:
+            request.state, request.error = RequestState.FAILED, refusal.message
+            request.refusal = refusal
+            self._shed[refusal.reason] += 1
+            return refusal
         self.submit(request)
         return None
 
@@ -235,14 +239,7 @@ class Scheduler:
         remaining = request.remaining_tokens
         limits = (remaining, self.config.slice_tokens, self.queue.slice_limit(request))
         budget = max(1, min(limit for limit in limits if limit is not None))
-        priority = self.queue.priority(request, now)
-        request.transition(RequestState.DISPATCHED)
-        request.replica_id = view.replica_id
-        request.num_dispatches += 1
-        request.dispatch_start_tokens, request.dispatch_priority = request.generated, priority
-        view.assign(request.request_id, view.blocks_for(request.context))
-        final = budget >= remaining
-        return Dispatch(request, view.replica_id, engine_priority(priority), budget, final=final)
+        return dispatch(request, view, budget, self.queue.priority(request, now))
 
     def apply(self, events: EngineEvents) -> list[Request]:
         """Take in one replica's news. Returns the requests that it ended (finished or failed).
@@ -350,6 +347,7 @@ class Scheduler:
             slices=self._slices,
             preemptions=self._swaps.count,
             shed={reason.value: n for reason, n in self._shed.items()},
+            slo_demoted=self.slo_admission.demoted,
         )
 
     # ---- internals ------------------------------------------------------------------------

@@ -32,7 +32,7 @@ ERROR_STATUSES = {
     "408": "Dropped at its queue deadline",
     "413": "Request body over the limit",
     "415": "Body not JSON (Content-Type: application/json)",
-    "429": "Admission control: queue full (Retry-After)",
+    "429": "Admission control: queue full, or SLO out of reach (Retry-After)",
     "431": "Request headers over the limit",
     "503": "Scheduler unavailable",
 }

@@ -112,6 +112,26 @@ def test_the_scheduler_status_renders_as_prometheus_metrics(status):
     assert got[("family", "rankserve_queue_depth")] == "gauge"
 
 
+def test_slo_admission_refusals_and_demotions_are_counted():
+    slos = SLOConfig((*SLOS.classes, SLOClass("tight", e2e_s=0.5)), "chat")
+    rendered = {}
+    for mode in ("reject", "demote"):
+        admission = AdmissionConfig(slo_unreachable=mode, best_effort_class="batch")
+        core, _ = make_scheduler("fcfs", slo=slos, admission=admission)
+        core.add_replica("a", max_num_seqs=1, total_kv_blocks=1000, block_size=16)
+        core.admit(make_request("long", output=2000))
+        core.schedule()  # the only slot is taken for a while
+        core.admit(make_request("t", output=100, slo="tight"))
+        status = cluster_status(core, fleet_of(1), EndedTotals())
+        rendered[mode] = samples(
+            IngressMetrics("i1", ray_metrics=False).render(False, status, None, {})
+        )
+    reason = ("rankserve_admission_rejections_total", (("reason", "slo_unreachable"),))
+    demoted = ("rankserve_slo_demotions_total", ())
+    assert rendered["reject"][reason] == 1 and rendered["reject"][demoted] == 0
+    assert reason not in rendered["demote"] and rendered["demote"][demoted] == 1
+
+
 def test_request_latencies_are_observed_by_outcome():
     metrics = IngressMetrics("i1", ray_metrics=False)
     record = GenerationRecord(prompt_tokens=4, arrival=100.0, score_s=0.002)

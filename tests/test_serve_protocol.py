@@ -134,6 +134,21 @@ def test_serve_config_from_cli_strings_and_yaml_values():
     assert ServeConfig.from_dict(cfg.to_dict()) == cfg
 
 
+def test_serve_config_takes_slo_admission_and_keeps_the_queue_bounds():
+    cfg = ServeConfig.from_dict(
+        {
+            "model": "m",
+            "scheduler": {
+                "admission": {"slo_unreachable": "demote", "best_effort_class": "default"}
+            },
+        }
+    )
+    admission = cfg.scheduler.admission
+    assert (admission.slo_unreachable, admission.best_effort_class) == ("demote", "default")
+    assert admission.max_queued == 1024  # the service's bounds stay
+    assert ServeConfig.from_dict(cfg.to_dict()) == cfg
+
+
 @pytest.mark.parametrize(
     ("data", "named"),
     [
@@ -146,6 +161,12 @@ def test_serve_config_from_cli_strings_and_yaml_values():
         ({"model": "m", "engine.max_num_seqs": "1.5"}, "engine.max_num_seqs"),
         ({"model": "m", "num_replicas": 2, "cpu_threads_bind": ["0"]}, "cpu_threads_bind"),
         ({"model": "m", "predictor": {"scorer": "magic"}}, "scorer"),
+        ({"model": "m", "scheduler.admission.slo_unreachable": "drop"}, "slo_unreachable"),
+        ({"model": "m", "scheduler.admission.slo_unreachable": "demote"}, "best_effort_class"),
+        (
+            {"model": "m", "scheduler.admission": {"best_effort_class": "bulk"}},
+            "best_effort_class: unknown SLO class 'bulk'; known: default",
+        ),
     ],
 )
 def test_serve_config_rejects_bad_settings_naming_them(data, named):

@@ -279,3 +279,49 @@ def test_routing_baseline_runs_on_the_same_workload(capsys, prompt_file):
     assert out.splitlines()[0].endswith(", routing power_of_two")
     rows = [line.split() for line in out.splitlines()[3:]]
     assert [row[:2] for row in rows] == [["fcfs", str(N)], ["oracle", str(N)]]
+
+
+def test_slo_unreachable_refuses_or_demotes(capsys, prompt_file):
+    args = [
+        "--prompts",
+        str(prompt_file),
+        "--policy",
+        "fcfs",
+        "--arrivals",
+        "poisson:20",
+        "--max-num-seqs",
+        "2",
+        "--slo-class",
+        "tight:e2e_s=2",
+        "--slo-class",
+        "bulk:e2e_s=100000",
+        "--json",
+    ]
+    runs = {}
+    for mode in ("off", "reject", "demote"):
+        rc, out, _ = simulate(capsys, *args, "--slo-unreachable", mode, "--slo-best-effort", "bulk")
+        assert rc == 0
+        (runs[mode],) = json_lines(out)
+    off, reject, demote = runs["off"], runs["reject"], runs["demote"]
+    assert "shed" not in off and "slo_demoted" not in off and off["completions"] == N
+    refused = reject["shed"]["slo_unreachable"]
+    assert 0 < refused < N and reject["completions"] == N - refused
+    assert demote["completions"] == N and "shed" not in demote
+    assert 0 < demote["slo_demoted"] < N and demote["slo_classes"]["bulk"]["requests"] > 0
+    rc, out, _ = simulate(capsys, *args[:-1], "--slo-unreachable", "reject")
+    assert rc == 0 and f"fcfs: shed by admission control slo_unreachable {refused}" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--slo-unreachable", "demote"], "needs admission.best_effort_class"),
+        (
+            ["--slo-unreachable", "demote", "--slo-best-effort", "bulk"],
+            "best_effort_class: unknown SLO class 'bulk'; known: default",
+        ),
+    ],
+)
+def test_slo_unreachable_setting_errors(capsys, prompt_file, args, message):
+    rc, out, err = simulate(capsys, "--prompts", str(prompt_file), *args)
+    assert rc == 2 and out == "" and message in err

@@ -91,6 +91,11 @@ def scheduler_families(s: ClusterStatus) -> list[Family]:
             "reason",
             s.shed,
         ),
+        Family(
+            "rankserve_slo_demotions",
+            COUNTER,
+            "Requests admitted in the best-effort SLO class, their own being out of reach",
+        ).add(s.slo_demoted),
         *per_replica,
         Family(
             "rankserve_rank_quality_kendall_tau",

@@ -47,6 +47,7 @@ class ClusterStatus:
     preemptions: int
     failures: dict[str, int]  # failed requests by `failure_reason`
     queued_by_slo: dict[str, int]  # the queue, by SLO class
+    slo_demoted: int = 0  # admitted in the best-effort SLO class (cluster.slo_admission)
 
     @property
     def ready(self) -> bool:
@@ -127,4 +128,5 @@ def cluster_status(
         ended.preemptions + sum(r.num_preemptions for r in live),
         dict(ended.failures),
         queued_by_slo,
+        stats.slo_demoted,
     )

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cluster.config import (
+    SLO_UNREACHABLE,
     AdmissionConfig,
     EngineConfig,
     PolicyConfig,
@@ -181,6 +182,19 @@ def register(
         metavar="S",
         help="drop a request not dispatched within S seconds of its arrival",
     )
+    a.add_argument(
+        "--slo-unreachable",
+        choices=SLO_UNREACHABLE,
+        default="off",
+        help="a request whose SLO no replica could meet even at the head of the queue: "
+        "refused at once (reject), or put in --slo-best-effort's class (demote)",
+    )
+    a.add_argument(
+        "--slo-best-effort",
+        default=None,
+        metavar="CLASS",
+        help="the --slo-class that --slo-unreachable demote puts such requests in",
+    )
     e = p.add_argument_group("engines")
     e.add_argument("--replicas", type=int, default=1)
     e.add_argument(
@@ -315,6 +329,8 @@ def run(args: argparse.Namespace) -> int:
                     max_queued=args.max_queued,
                     max_queue_wait_s=args.max_queue_wait,
                     queue_timeout_s=args.queue_timeout,
+                    slo_unreachable=args.slo_unreachable,
+                    best_effort_class=args.slo_best_effort,
                 ),
                 slo=slos,
                 preemption=PreemptionConfig(

@@ -48,6 +48,11 @@ def format_table(results: list[SimulationResult]) -> str:
         for r in results
         if r.shed
     ]
+    extra += [
+        f"{r.policy}: {r.slo_demoted} demoted to the best-effort SLO class"
+        for r in results
+        if r.slo_demoted
+    ]
     if any(len(r.metrics.slo_classes) > 1 for r in results):
         extra += [
             f"{r.policy}: SLO attainment by class: "

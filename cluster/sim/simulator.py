@@ -71,6 +71,7 @@ class SimulationResult:
     scheduler_preemptions: int
     unfinished: int
     shed: dict[str, int] = field(default_factory=dict)  # by admission control, by reason
+    slo_demoted: int = 0  # admitted in the best-effort SLO class (cluster.slo_admission)
     time_to_k_s: float | None = None
     stopped_by: str = "drained"
     extra: dict = field(default_factory=dict)
@@ -97,6 +98,8 @@ class SimulationResult:
             out["time_to_k_s"] = self.time_to_k_s
         if self.shed:
             out["shed"] = self.shed
+        if self.slo_demoted:
+            out["slo_demoted"] = self.slo_demoted
         return out
 
 
@@ -280,6 +283,7 @@ def simulate(
         scheduler_preemptions=scheduler.stats().preemptions,
         unfinished=unfinished,
         shed=scheduler.stats().shed,
+        slo_demoted=scheduler.stats().slo_demoted,
         time_to_k_s=time_to_k,
         stopped_by=stopped_by,
         extra=extra,
