@@ -346,8 +346,7 @@ def admission(
         "req/s). `admission.slo_unreachable`: off; reject (429 `slo_unreachable`); demote (to "
         f"`{BEST_EFFORT.name}`, e2e {BEST_EFFORT.e2e_s:g} s). Attainment and goodput over every "
         "request sent, each judged by the class it was sent with; `summarize` SLO %: the "
-        "simulator's own figure, which leaves out requests refused on arrival and judges a "
-        "demoted one by its new class. Goodput: met requests per second from the first arrival to the "
+        "simulator's own figure, which judges a demoted request by its new class. Goodput: met requests per second from the first arrival to the "
         "last finish (`summarize`'s window), which refusals shorten.\n\n" + "\n".join(rows),
     )
 

@@ -117,6 +117,7 @@ class ServingMetrics:
 def summarize(
     timings: list[RequestTiming],
     failed: int = 0,
+    refused: int = 0,
     start: float | None = None,
     end: float | None = None,
     slos: SLOConfig | None = None,
@@ -133,7 +134,7 @@ def summarize(
         mine = [m for t, m in zip(timings, met, strict=True) if slos.get(t.slo).name == name]
         if mine:
             classes[name] = ClassAttainment(len(mine), sum(mine), sum(mine) / len(mine))
-    judged = len(timings) + failed
+    judged = len(timings) + failed + refused  # a request not served met nothing
     return ServingMetrics(
         completions=len(timings),
         failed=failed,

@@ -380,6 +380,7 @@ class Scheduler:
         self._finished += 1
         self.rank_quality.record(request)
         self.slo_attainment.record(request)
+        self.queue.finished(request)
 
     def _refuse(self, request: Request, refusal: Refusal) -> None:
         self.fail(request.request_id, refusal.message)

@@ -48,6 +48,9 @@ class RequestQueue(ABC):
     ) -> None:
         """Recompute the order from the replicas and what each holds (dispatched or running)."""
 
+    def finished(self, request: Request) -> None:  # noqa: B027 - an optional hook
+        """`request` was served to its end (policies that learn from what was served)."""
+
     def concurrency_limit(self, replica_id: str) -> int | None:
         """Most requests the policy lets the replica hold at once; None: its own limit."""
         return None

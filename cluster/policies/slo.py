@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from cluster.latency_model import LatencyModel
+from cluster.length_calibration import LengthCalibration
 from cluster.policies.base import RequestQueue
 from cluster.request import Request
 from cluster.slo_search import Problem
@@ -42,21 +43,12 @@ def _bounds(c: SLOClass) -> tuple[float, float, float]:
     )
 
 
-def _predicted_remaining(request: Request, required: bool) -> float:
+def _require_prediction(request: Request) -> None:
     if request.predicted_tokens is None:
-        if required:
-            raise ValueError(
-                f"slo policy needs a predicted output length for {request.request_id}: give "
-                "the workload predicted_tokens, a length predictor, or true lengths"
-            )
-        return float(max(1, request.max_tokens - request.generated))
-    return max(1.0, min(request.predicted_tokens, request.max_tokens) - request.generated)
-
-
-def _predicted_total(request: Request) -> float:
-    if request.predicted_tokens is None:
-        return float(request.max_tokens)
-    return float(max(request.generated, min(request.predicted_tokens, request.max_tokens)))
+        raise ValueError(
+            f"slo policy needs a predicted output length for {request.request_id}: give "
+            "the workload predicted_tokens, a length predictor, or true lengths"
+        )
 
 
 class SLOQueue(RequestQueue):
@@ -73,6 +65,7 @@ class SLOQueue(RequestQueue):
         self._rank: dict[int, int] = {}
         self._limits: dict[str, int] = {}
         self._arrivals: deque[float] = deque()  # arrival times of the last RATE_WINDOW_S
+        self._lengths = LengthCalibration()  # per SLO class
         self._dirty = False
         self.plans = 0
         self.search_s = 0.0  # wall time spent planning, all plans together
@@ -84,7 +77,7 @@ class SLOQueue(RequestQueue):
         return cls(config, slos, latency or LatencyModel.named(config.slo_search.profile))
 
     def add(self, request: Request, now: float) -> None:
-        _predicted_remaining(request, required=True)  # fail at once, not at the next plan
+        _require_prediction(request)  # fail at once, not at the next plan
         self._members[id(request)] = request
         if request.num_dispatches == 0:
             self._arrivals.append(request.arrival_time)
@@ -93,6 +86,21 @@ class SLOQueue(RequestQueue):
             self._fresh.add(id(request))
             self._new.append(request)
         self._dirty = True
+
+    def finished(self, request: Request) -> None:
+        if request.predicted_tokens is not None:
+            predicted = min(request.predicted_tokens, request.max_tokens)
+            self._lengths.record(self.slos.get(request.slo).name, predicted, request.generated)
+
+    def _predicted_total(self, request: Request) -> float:
+        """Its whole answer's length as predicted, scaled by its class's served lengths."""
+        if request.predicted_tokens is None:
+            return float(request.max_tokens)
+        scaled = request.predicted_tokens * self._lengths.factor(self.slos.get(request.slo).name)
+        return float(max(request.generated, min(scaled, request.max_tokens)))
+
+    def _predicted_remaining(self, request: Request) -> float:
+        return max(1.0, self._predicted_total(request) - request.generated)
 
     def remove(self, request: Request) -> None:
         if self._members.pop(id(request), None) is not None:
@@ -157,8 +165,8 @@ class SLOQueue(RequestQueue):
         q_bounds = np.array([_bounds(self.slos.get(r.slo)) for r in order]).reshape(-1, 3)
         r_bounds = np.array([_bounds(self.slos.get(r.slo)) for _, r in held]).reshape(-1, 3)
         prefill = np.array([self.latency.prefill_s(r.prompt_tokens + r.generated) for r in order])
-        tokens = np.array([_predicted_remaining(r, True) for r in order])
-        run_tokens = np.array([_predicted_remaining(r, False) for _, r in held])
+        tokens = np.array([self._predicted_remaining(r) for r in order])
+        run_tokens = np.array([self._predicted_remaining(r) for _, r in held])
         run_ttft = np.array(
             [
                 r.first_token_time - r.arrival_time
@@ -179,7 +187,9 @@ class SLOQueue(RequestQueue):
         context_q = max(_CONTEXT_QUANTUM, round(context / _CONTEXT_QUANTUM) * _CONTEXT_QUANTUM)
         # What a request holds in KV at its end: its prompt and whole predicted answer.
         mean_tokens = (
-            float(np.mean([r.prompt_tokens + _predicted_total(r) for r in pool])) if pool else 1.0
+            float(np.mean([r.prompt_tokens + self._predicted_total(r) for r in pool]))
+            if pool
+            else 1.0
         )
         return Problem(
             now=now,

@@ -270,7 +270,9 @@ def simulate(
     start = arrivals[0].arrival_time if arrivals else None
     return SimulationResult(
         policy=config.scheduler.policy.name,
-        metrics=summarize(timings, failed=failed, start=start, end=end, slos=config.scheduler.slo),
+        metrics=summarize(
+            timings, failed, refused, start=start, end=end, slos=config.scheduler.slo
+        ),
         timings=timings,
         requests=arrivals,
         virtual_time_s=clock.now(),
