@@ -183,12 +183,19 @@ class _Evaluator:
         return self._score(head, work, ahead, limits, tau_mean)
 
 
-def objective(p: Problem, order: np.ndarray, limits: np.ndarray) -> float:
-    """G = n / t of this order and these limits (the whole queue evaluated)."""
+def score(p: Problem, order: np.ndarray, limits: np.ndarray) -> tuple[float, float]:
+    """(n, t) of this order and these limits: the weighted count of requests expected to meet
+    their SLO and the sum of all expected latencies (the whole queue evaluated)."""
     ev = _Evaluator(p, len(order))
     n, t, tau_mean = ev.fixed(order, limits)
     n2, t2 = ev.prefix(order, limits, tau_mean)
-    return (n + n2) / (t + t2) if t + t2 > 0 else 0.0
+    return n + n2, t + t2
+
+
+def objective(p: Problem, order: np.ndarray, limits: np.ndarray) -> float:
+    """G = n / t of this order and these limits."""
+    n, t = score(p, order, limits)
+    return n / t if t > 0 else 0.0
 
 
 def most_on_time(p: Problem, limits: np.ndarray, slack_reserve: float = 0.5) -> np.ndarray:
