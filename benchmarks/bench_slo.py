@@ -8,6 +8,8 @@ mix    the multi-SLO mix (code_alpaca: e2e 4 s; AlpacaEval Llama-3-8B answers: T
        (needs ../shared/datasets)
 admission  the mix with SLO-aware admission off, reject and demote (`--modes`), judged over
        every request sent by the class it was sent with
+overhead   the slo policy on the mix under the served budget (4 ms a plan): plans, their
+       time, and its share of the requests' latency
 
   python -m benchmarks.bench_slo cost
   python -m benchmarks.bench_slo mix --loads 0.6,1.2 --seeds 0 --duration 40 [--predictor true]
@@ -351,9 +353,54 @@ def admission(
     )
 
 
+def overhead(loads: list[float], seed: int, duration: float, predictor: str) -> None:
+    """The slo policy under the served scheduler's own budget (300 proposals or 4 ms a plan,
+    wall time), on the mix: what planning costs its host against the requests' latency."""
+    records = mix_file()
+    cap = capacity(records)
+    predictions = _with_shipped_predictor(records) if predictor == "shipped" else None
+    search = SLOSearchConfig(seed=seed)
+    rows = [
+        "| load | SLO attainment | plans | mean plan (ms) | planning per simulated s | "
+        "planning / sum of e2e |",
+        "|---|---|---|---|---|---|",
+    ]
+    for load in loads:
+        rate = load * cap
+        items = _predicted(
+            build_workload(
+                records, f"poisson:{rate}", int(rate * duration), seed, max_output_tokens=MAX_OUTPUT
+            ),
+            predictions,
+        )
+        scheduler = SchedulerConfig(policy=PolicyConfig(name="slo", slo_search=search), slo=SLOS)
+        r = simulate(
+            items, SimulationConfig(scheduler, EngineConfig(), load_profile(PROFILE), REPLICAS)
+        )
+        plans, plan_s = r.extra["plans"], r.extra["plan_s"]
+        e2e = sum(t.e2e for t in r.timings)
+        line = (
+            f"| {load:g}x | {100 * r.metrics.slo_attainment:.1f}% | {plans:,} | "
+            f"{1000 * plan_s / plans:.2f} | {plan_s / r.virtual_time_s:.3f} s | "
+            f"{100 * plan_s / e2e:.3f}% |"
+        )
+        print(line, flush=True)
+        rows.append(line)
+    update_section(
+        "slo-overhead",
+        "### SLO policy: planning overhead on the mix\n\nThe mix above at each load, seed "
+        f"{seed}, {duration:g} s of arrivals, the served scheduler's budget ({search.iterations} "
+        f"proposals or {search.max_wall_ms:g} ms a plan, wall time on this 2-core machine). A plan "
+        "runs before each scheduling round in which the queue changed. Planning per simulated "
+        "second: the share of one core the search would take live at this rate; planning / sum "
+        "of e2e: the plans' total time over the requests' total latency (target < 1%).\n\n"
+        + "\n".join(rows),
+    )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=["cost", "mix", "admission"])
+    p.add_argument("what", choices=["cost", "mix", "admission", "overhead"])
     p.add_argument("--loads", default="0.6,0.9,1.2,1.5")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--duration", type=float, default=60.0)
@@ -368,6 +415,8 @@ def main() -> None:
     a = p.parse_args()
     if a.what == "cost":
         cost()
+    elif a.what == "overhead":
+        overhead([float(x) for x in a.loads.split(",")], 0, a.duration, a.predictor)
     elif a.what == "admission":
         admission(
             [float(x) for x in a.loads.split(",")],

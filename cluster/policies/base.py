@@ -30,6 +30,8 @@ class RequestQueue(ABC):
     def __init__(self, config: PolicyConfig) -> None:
         self.config = config
         self.round = 0
+        self.plans = 0  # `plan` calls, and the wall time they took (policies that search)
+        self.plan_s = 0.0
 
     @classmethod
     def create(

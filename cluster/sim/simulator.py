@@ -265,6 +265,8 @@ def simulate(
         extra = {"replica_seconds": scaling.replica_seconds, "replica_timeline": scaling.timeline}
     else:
         extra = {"replica_seconds": len(engines) * clock.now()}
+    if scheduler.queue.plans:  # wall time, not simulated: what the search costs its host
+        extra.update(plans=scheduler.queue.plans, plan_s=scheduler.queue.plan_s)
     # From the workload's first arrival: when a run stops early, the earliest request that
     # finished may have arrived later, and throughput would be taken over a shorter window.
     start = arrivals[0].arrival_time if arrivals else None
