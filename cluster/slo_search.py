@@ -33,8 +33,8 @@ Temperature: the change in G is taken relative to the best G so far (scale-free:
 1/seconds and varies with load), accepted when it improves, else with probability
 exp(delta / T); T falls geometrically from 2% to 0.01% over the iteration budget, so early
 proposals that lose a couple of per cent are taken (to leave a local optimum) and the last
-ones are greedy. Stopping: the iteration budget, or the wall-time budget (checked every 16
-proposals; without one the search is deterministic for a seed). The best plan seen is kept.
+ones are greedy. Stopping: the iteration budget, or the wall-time budget (checked before each
+proposal; without one the search is deterministic for a seed). The best plan seen is kept.
 """
 
 from __future__ import annotations
@@ -300,7 +300,7 @@ def anneal(
     tunable = [r for r in range(len(limits)) if ev.cap[r] > lo[r]]
     done = 0
     for done in range(1, iterations + 1):
-        if max_wall_s is not None and done % 16 == 0 and time.perf_counter() - start > max_wall_s:
+        if max_wall_s is not None and time.perf_counter() - start > max_wall_s:
             break
         temp = T_START * (T_END / T_START) ** (done / max(1, iterations))
         kind = rng.random()
@@ -356,12 +356,14 @@ def plan(
     config: SLOSearchConfig,
     rng: random.Random,
     warm: np.ndarray | None = None,
+    started: float | None = None,
 ) -> Plan:
     """One plan under `config`'s budget (its wall time covers all of it): the annealer started
     from the last plan carried forward (`warm`, default the queued arrays' own order) or from
     `most_on_time` anew, whichever scores better now (arrivals and the clock may have turned
-    the old plan's bets)."""
-    start = time.perf_counter()
+    the old plan's bets). `started`: the perf_counter time the budget counts from (default
+    now; the policy passes when it began building the problem)."""
+    start = time.perf_counter() if started is None else started
     fresh = most_on_time(p, limits, config.slack_reserve)
     warm = np.arange(len(p.arrival)) if warm is None else warm
     order = max((warm, fresh), key=lambda o: objective(p, o, limits))

@@ -144,7 +144,7 @@ class SLOQueue(RequestQueue):
             ],
             dtype=np.int64,
         )
-        result = search_plan(problem, limits, self.search, self._rng)
+        result = search_plan(problem, limits, self.search, self._rng, started=start)
         self._order = [order[i] for i in result.order]
         self._rank = {id(r): k for k, r in enumerate(self._order)}
         self._limits = {v.replica_id: int(c) for v, c in zip(views, result.limits, strict=True)}
