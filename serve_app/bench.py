@@ -2,8 +2,10 @@
 metrics as `rankserve simulate` (cluster.metrics), per scheduling policy.
 
 Each request asks for exactly its true answer length (`max_tokens` = the prompt file's
-`output_tokens`, with `ignore_eos`), streams, and is timed on the client: arrival (when sent),
-first token, every gap between tokens, finish. Policies are switched on the running cluster
+`output_tokens`, with `ignore_eos`), names its SLO class (the body field `slo`, from the prompt
+file's `slo` column), streams, and is timed on the client: arrival (when sent), first token,
+every gap between tokens, finish. SLO attainment is judged on the client's timings against the
+classes given with `--slo-class` (the service's own, `scheduler.slo`). Policies are switched on the running cluster
 between runs (the scheduler actor's `set_policy`), so every policy meets the same engines.
 Runs inside the cluster (`ray job submit -- rankserve bench ...`) or beside it (`--ray-address`).
 
@@ -27,6 +29,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from cluster.config import PolicyConfig, SLOConfig
 from cluster.metrics import RequestTiming, ServingMetrics, summarize
 from cluster.policies import POLICIES
 from cluster.workload.workload import WorkloadItem
@@ -82,6 +85,15 @@ def register(subparsers: Any, name: str, help_text: str) -> None:
         metavar="PROFILE",
         help="also predict each run with the simulator on this step-time profile",
     )
+    p.add_argument(
+        "--slo-class",
+        action="append",
+        default=None,
+        metavar="NAME:BOUNDS",
+        help="the service's SLO classes (as `rankserve simulate --slo-class`), to judge "
+        "attainment by; requests name theirs in the prompt file's slo column",
+    )
+    p.add_argument("--slo-default", default=None, help="class of requests that name none")
     p.add_argument("--json", action="store_true", help="print one JSON object per run")
     p.add_argument("--out", type=Path, default=None, help="write all results as JSON here")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per request")
@@ -112,6 +124,8 @@ async def _one(
         "stream": True,
         "stream_options": {"include_usage": True},
     }
+    if item.slo is not None:
+        body["slo"] = item.slo
     arrival = time.monotonic()
     first = last = None
     gap = 0.0
@@ -144,7 +158,7 @@ async def _one(
     if first is None or tokens != item.output_tokens:
         run.errors.append(f"{item.request_id}: got {tokens} tokens, wanted {item.output_tokens}")
         return None
-    return RequestTiming(arrival, first, last, tokens, gap)
+    return RequestTiming(arrival, first, last, tokens, gap, slo=item.slo)
 
 
 async def replay(
@@ -154,6 +168,7 @@ async def replay(
     policy: str,
     timeout: float,
     progress: bool = True,
+    slos: SLOConfig | None = None,
 ) -> LiveRun:
     import httpx
 
@@ -171,7 +186,7 @@ async def replay(
             bar.update()
         bar.close()
     run.timings = [t for t in results if t is not None]
-    run.metrics = summarize(run.timings, failed=len(results) - len(run.timings))
+    run.metrics = summarize(run.timings, failed=len(results) - len(run.timings), slos=slos)
     return run
 
 
@@ -191,7 +206,6 @@ def wait_idle(url: str, timeout: float = IDLE_TIMEOUT_S) -> dict:
 def set_policy(ray_address: str, policy: str) -> None:
     import ray
 
-    from cluster.config import PolicyConfig
     from cluster.runtime.names import NAMESPACE, SCHEDULER_ACTOR
 
     if not ray.is_initialized():
@@ -216,11 +230,18 @@ def scores_like_server(scorer: str, prompts: list[str]) -> tuple[list[float], li
 
 
 def simulate_like(
-    run: LiveRun, items: list[WorkloadItem], status: dict, profile: str, scorer: str
+    run: LiveRun,
+    items: list[WorkloadItem],
+    status: dict,
+    profile: str,
+    scorer: str,
+    slos: SLOConfig | None = None,
+    policy: PolicyConfig | None = None,
 ) -> ServingMetrics:
     """The simulator's prediction of `run`: same requests (with the prompt lengths the server
-    counted), same scores, same policy, replicas and engine limits."""
-    from cluster.config import EngineConfig, PolicyConfig, SchedulerConfig
+    counted), same scores, same policy (`policy`'s settings under the run's name), SLO classes,
+    replicas and engine limits."""
+    from cluster.config import EngineConfig, SchedulerConfig
     from cluster.sim.simulator import SimulationConfig, simulate
     from cluster.sim.step_time import load_profile
 
@@ -243,7 +264,10 @@ def simulate_like(
         max_model_len=info["max_model_len"],
     )
     config = SimulationConfig(
-        scheduler=SchedulerConfig(policy=PolicyConfig(name=run.policy)),
+        scheduler=SchedulerConfig(
+            policy=dataclasses.replace(policy or PolicyConfig(), name=run.policy),
+            slo=slos or SLOConfig(),
+        ),
         engine=engine,
         profile=load_profile(profile),
         replicas=sum(r["alive"] for r in status["replicas"]),
@@ -259,6 +283,7 @@ def run_policies(
     ray_address: str,
     timeout: float,
     progress: bool = True,
+    slos: SLOConfig | None = None,
 ) -> list[LiveRun]:
     """Replay `items` on the live endpoint once per policy, switching policies in between."""
     import httpx
@@ -270,28 +295,39 @@ def run_policies(
         if policy != status["policy"]:
             set_policy(ray_address, policy)
             wait_idle(url)
-        runs.append(asyncio.run(replay(url, model, items, policy, timeout, progress)))
+        runs.append(asyncio.run(replay(url, model, items, policy, timeout, progress, slos)))
     return runs
 
 
 def result_dict(
-    run: LiveRun, items: list[WorkloadItem], status: dict, simulate_profile: str | None
+    run: LiveRun,
+    items: list[WorkloadItem],
+    status: dict,
+    simulate_profile: str | None,
+    slos: SLOConfig | None = None,
+    policy: PolicyConfig | None = None,
 ) -> dict[str, Any]:
     """The live run's metrics, with the simulator's prediction of it when a profile is given."""
     out = run.to_dict()
     out["errors"] = run.errors[:10]
     if simulate_profile:
-        sim = simulate_like(run, items, status, simulate_profile, status.get("scorer", ""))
+        scorer = status.get("scorer", "")
+        sim = simulate_like(run, items, status, simulate_profile, scorer, slos, policy)
         out["simulated"] = {"profile": simulate_profile, **sim.to_dict()}
     return out
 
 
 def run(args: argparse.Namespace) -> int:
+    from cluster.sim.cli import slo_config
+
     items = load_workload(
         args.prompts, args.arrivals, args.num_requests, args.seed, args.max_output_tokens
     )
     try:
         policies = POLICIES.parse_list(args.policy or [])
+        slos = slo_config(args.slo_class, args.slo_default)
+        for name in sorted({it.slo for it in items if it.slo is not None}):
+            slos.get(name)  # a class the prompt file names must be one given
     except ValueError as e:
         print(f"rankserve bench: error: {e}", file=sys.stderr)
         return 2
@@ -301,9 +337,11 @@ def run(args: argparse.Namespace) -> int:
         policies = [httpx.get(f"{args.url}/status", timeout=10).json()["policy"]]
     import httpx
 
-    runs = run_policies(args.url, args.model, items, policies, args.ray_address, args.timeout)
+    runs = run_policies(
+        args.url, args.model, items, policies, args.ray_address, args.timeout, slos=slos
+    )
     status = httpx.get(f"{args.url}/status", timeout=10).json()
-    results = [result_dict(r, items, status, args.simulate) for r in runs]
+    results = [result_dict(r, items, status, args.simulate, slos) for r in runs]
     for r in results:
         if args.json:
             print(json.dumps(r))
@@ -319,8 +357,18 @@ def format_row(r: dict[str, Any], workload: str) -> str:
         f"{workload} {r['policy']}: {r['completions']} done, {r['failed']} failed; "
         f"e2e mean {r['e2e_latency_s']['mean']:.2f} s p99 {r['e2e_latency_s']['p99']:.2f} s; "
         f"per-token {r['per_token_latency_s']['mean'] * 1e3:.1f} ms; "
-        f"TTFT mean {r['ttft_s']['mean']:.2f} s; {r['throughput_tps']:.0f} tok/s"
+        f"TTFT mean {r['ttft_s']['mean']:.2f} s; {r['throughput_tps']:.0f} tok/s; "
+        f"SLO {100 * r['slo_attainment']:.1f}%"
     )
+    if len(r["slo_classes"]) > 1:
+        line += (
+            " ("
+            + ", ".join(
+                f"{name} {100 * c['attainment']:.1f}%" for name, c in r["slo_classes"].items()
+            )
+            + ")"
+        )
+    line += f", goodput {r['goodput_rps']:.2f} req/s"
     if "simulated" in r:
         sim = r["simulated"]["e2e_latency_s"]["mean"]
         live = r["e2e_latency_s"]["mean"]
