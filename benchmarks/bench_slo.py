@@ -29,7 +29,6 @@ import numpy as np
 from benchmarks.prompt_sets import ALPACA_LLAMA3_8B, ARENA_O3_MINI, CODE_ALPACA, DATA, prompt_file
 from benchmarks.report import update_section
 from cluster.config import (
-    AdmissionConfig,
     EngineConfig,
     PolicyConfig,
     SchedulerConfig,
@@ -38,8 +37,6 @@ from cluster.config import (
     SLOSearchConfig,
 )
 from cluster.latency_model import LatencyModel
-from cluster.metrics import timing_of
-from cluster.request import RequestState
 from cluster.sim.simulator import SimulationConfig, simulate
 from cluster.sim.step_time import load_profile
 from cluster.slo_search import Problem, plan
@@ -138,7 +135,7 @@ def capacity(records) -> float:
     return REPLICAS * 256 / service
 
 
-def _with_shipped_predictor(records) -> dict[str, tuple[float, float]]:
+def shipped_predictions(records) -> dict[str, tuple[float, float]]:
     """The shipped models' (rank score, predicted tokens) of each of the mix's prompts."""
     from predictor_actor.scoring import ModelScorer
 
@@ -147,7 +144,7 @@ def _with_shipped_predictor(records) -> dict[str, tuple[float, float]]:
     return {t: (float(s), float(n)) for t, s, n in zip(prompts, scores, lengths, strict=True)}
 
 
-def _predicted(items, predictions):
+def with_mix_predictions(items, predictions):
     if predictions is None:
         return with_true_lengths(items)
     return [
@@ -164,7 +161,7 @@ def mix(
     records = mix_file()
     cap = capacity(records)
     print(f"capacity {cap:.1f} req/s")
-    predictions = _with_shipped_predictor(records) if predictor == "shipped" else None
+    predictions = shipped_predictions(records) if predictor == "shipped" else None
     rows = [
         "| load | rate (req/s) | seed | policy | SLO attainment | code | chat | longform "
         "| goodput (req/s) | mean e2e (s) |",
@@ -177,7 +174,7 @@ def mix(
             items = build_workload(
                 records, f"poisson:{rate}", int(rate * duration), seed, max_output_tokens=MAX_OUTPUT
             )
-            items = _predicted(items, predictions)
+            items = with_mix_predictions(items, predictions)
             for name in policies:
                 config = SimulationConfig(
                     SchedulerConfig(
@@ -278,87 +275,12 @@ def _plot(loads, policies, mean, duration: float) -> str:
     return f"img/{IMG.name}"
 
 
-BEST_EFFORT = SLOClass("best_effort", e2e_s=300.0)  # where `--modes demote` puts a request
-
-
-def admission(
-    loads: list[float],
-    seeds: list[int],
-    duration: float,
-    policies: list[str],
-    modes: list[str],
-    predictor: str,
-) -> None:
-    """SLO-aware admission (`admission.slo_unreachable`) on the mix: judged, whatever the mode,
-    over every request sent and by the class it was sent with (a refused request meets
-    nothing, a demoted one is held to its original bound)."""
-    records = mix_file()
-    cap = capacity(records)
-    slos = SLOConfig((*SLOS.classes, BEST_EFFORT), default=SLOS.default)
-    predictions = _with_shipped_predictor(records) if predictor == "shipped" else None
-    rows = [
-        "| load | policy | admission | refused | demoted | met / sent | SLO attainment (all sent) "
-        "| code | chat | longform | goodput (req/s) | mean e2e served (s) | `summarize` SLO % |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for load, seed in ((load, seed) for load in loads for seed in seeds):
-        rate = load * cap
-        items = _predicted(
-            build_workload(
-                records, f"poisson:{rate}", int(rate * duration), seed, max_output_tokens=MAX_OUTPUT
-            ),
-            predictions,
-        )
-        sent = {item.request_id: item.slo for item in items}
-        for name, mode in ((name, mode) for name in policies for mode in modes):
-            admit = AdmissionConfig(
-                slo_unreachable=mode,
-                best_effort_class=BEST_EFFORT.name if mode == "demote" else None,
-            )
-            search = SLOSearchConfig(max_wall_ms=None, seed=seed)
-            scheduler = SchedulerConfig(
-                policy=PolicyConfig(name=name, slo_search=search), admission=admit, slo=slos
-            )
-            config = SimulationConfig(
-                scheduler, EngineConfig(), load_profile(PROFILE), replicas=REPLICAS
-            )
-            r = simulate(items, config)
-            m = r.metrics
-            met = {c: [0, 0] for c in SLOS.names}  # class sent with -> [sent, met]
-            done = {q.request_id: q for q in r.requests if q.state is RequestState.FINISHED}
-            for rid, sent_as in sent.items():
-                slo, q = slos.get(sent_as), done.get(rid)
-                met[slo.name][0] += 1
-                if q is not None and slo.met((t := timing_of(q)).ttft, t.tpot, t.e2e):
-                    met[slo.name][1] += 1
-            total = sum(c[1] for c in met.values())
-            by = {k: f"{100 * v[1] / v[0]:.1f}%" for k, v in met.items() if v[0]}
-            line = (
-                f"| {load:g}x | {name} | {mode} | {sum(r.shed.values())} | {r.slo_demoted} | "
-                f"{total} / {len(items)} | {100 * total / len(items):.1f}% | {by.get('code', '-')} | {by.get('chat', '-')} "
-                f"| {by.get('longform', '-')} | {total / m.duration_s:.2f} | "
-                f"{m.e2e_latency_s.mean:.2f} | {100 * m.slo_attainment:.1f}% |"
-            )
-            print(line, f"(seed {seed}, wall {r.wall_time_s:.0f} s)", flush=True)
-            rows.append(line)
-    update_section(
-        "slo-admission",
-        "### SLO-aware admission on the multi-SLO mix\n\nThe mix above (4 a100-llama3-8b "
-        f"replicas, Poisson arrivals for {duration:g} s, seeds {seeds}, capacity {cap:.1f} "
-        "req/s). `admission.slo_unreachable`: off; reject (429 `slo_unreachable`); demote (to "
-        f"`{BEST_EFFORT.name}`, e2e {BEST_EFFORT.e2e_s:g} s). Attainment and goodput over every "
-        "request sent, each judged by the class it was sent with; `summarize` SLO %: the "
-        "simulator's own figure, which judges a demoted request by its new class. Goodput: met requests per second from the first arrival to the "
-        "last finish (`summarize`'s window), which refusals shorten.\n\n" + "\n".join(rows),
-    )
-
-
 def overhead(loads: list[float], seed: int, duration: float, predictor: str) -> None:
     """The slo policy under the served scheduler's own budget (300 proposals or 4 ms a plan,
     wall time), on the mix: what planning costs its host against the requests' latency."""
     records = mix_file()
     cap = capacity(records)
-    predictions = _with_shipped_predictor(records) if predictor == "shipped" else None
+    predictions = shipped_predictions(records) if predictor == "shipped" else None
     search = SLOSearchConfig(seed=seed)
     rows = [
         "| load | SLO attainment | plans | mean plan (ms) | planning per simulated s | "
@@ -367,7 +289,7 @@ def overhead(loads: list[float], seed: int, duration: float, predictor: str) -> 
     ]
     for load in loads:
         rate = load * cap
-        items = _predicted(
+        items = with_mix_predictions(
             build_workload(
                 records, f"poisson:{rate}", int(rate * duration), seed, max_output_tokens=MAX_OUTPUT
             ),
@@ -418,6 +340,8 @@ def main() -> None:
     elif a.what == "overhead":
         overhead([float(x) for x in a.loads.split(",")], 0, a.duration, a.predictor)
     elif a.what == "admission":
+        from benchmarks.slo_admission import admission
+
         admission(
             [float(x) for x in a.loads.split(",")],
             [int(x) for x in a.seeds.split(",")],

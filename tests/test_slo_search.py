@@ -10,7 +10,7 @@ import random
 import numpy as np
 import pytest
 
-from cluster.length_calibration import MIN_SAMPLES, WINDOW, LengthCalibration
+from cluster.calibration import MIN_SAMPLES, WINDOW, LogRatioCalibration
 from cluster.slo_search import Problem, anneal, most_on_time, score
 
 
@@ -117,7 +117,7 @@ def test_the_concurrency_floor_follows_the_arrival_rate():
 
 
 def test_served_lengths_correct_the_predicted_ones_per_key():
-    cal = LengthCalibration()
+    cal = LogRatioCalibration()
     for _ in range(MIN_SAMPLES - 1):
         cal.record("chat", 100.0, 250)
     assert cal.factor("chat") == 1.0  # too few yet

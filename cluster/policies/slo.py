@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from cluster.calibration import LogRatioCalibration
 from cluster.latency_model import LatencyModel
-from cluster.length_calibration import LengthCalibration
 from cluster.policies.base import RequestQueue
 from cluster.request import Request
 from cluster.slo_search import Problem
@@ -65,7 +65,9 @@ class SLOQueue(RequestQueue):
         self._rank: dict[int, int] = {}
         self._limits: dict[str, int] = {}
         self._arrivals: deque[float] = deque()  # arrival times of the last RATE_WINDOW_S
-        self._lengths = LengthCalibration()  # per SLO class
+        self._lengths = LogRatioCalibration()  # per SLO class
+        self._steps = LogRatioCalibration()  # the profile's decode step against measured TPOT
+        self._batches: dict[str, int] = {}  # per replica, what it held at the last plan
         self._dirty = False
 
     @classmethod
@@ -89,6 +91,13 @@ class SLOQueue(RequestQueue):
         if request.predicted_tokens is not None:
             predicted = min(request.predicted_tokens, request.max_tokens)
             self._lengths.record(self.slos.get(request.slo).name, predicted, request.generated)
+        first, end = request.first_token_time, request.finish_time
+        if first is not None and end is not None and request.generated >= 2:
+            batch = self._batches.get(request.replica_id or "")
+            if batch is not None:
+                tpot = (end - first) / (request.generated - 1)
+                context = request.prompt_tokens + request.generated // 2
+                self._steps.record("step", self.latency.decode_step_s(batch, context), tpot)
 
     def _predicted_total(self, request: Request) -> float:
         """Its whole answer's length as predicted, scaled by its class's served lengths."""
@@ -135,6 +144,7 @@ class SLOQueue(RequestQueue):
         order = self._warm_start()
         views = [v for v, _ in replicas]
         held = [(i, r) for i, (_, rs) in enumerate(replicas) for r in rs]
+        self._batches = {v.replica_id: max(1, len(rs)) for v, rs in replicas}
         problem = self._problem(now, order, views, held)
         lo = self.search.min_concurrency
         limits = np.array(
@@ -162,14 +172,17 @@ class SLOQueue(RequestQueue):
     ) -> Problem:
         q_bounds = np.array([_bounds(self.slos.get(r.slo)) for r in order]).reshape(-1, 3)
         r_bounds = np.array([_bounds(self.slos.get(r.slo)) for _, r in held]).reshape(-1, 3)
-        prefill = np.array([self.latency.prefill_s(r.prompt_tokens + r.generated) for r in order])
+        speed = self._steps.factor("step")  # the engines against their profile, as measured
+        prefill = speed * np.array(
+            [self.latency.prefill_s(r.prompt_tokens + r.generated) for r in order]
+        )
         tokens = np.array([self._predicted_remaining(r) for r in order])
         run_tokens = np.array([self._predicted_remaining(r) for _, r in held])
         run_ttft = np.array(
             [
                 r.first_token_time - r.arrival_time
                 if r.first_token_time is not None
-                else now - r.arrival_time + self.latency.prefill_s(r.prompt_tokens)
+                else now - r.arrival_time + speed * self.latency.prefill_s(r.prompt_tokens)
                 for _, r in held
             ]
         )
@@ -207,7 +220,7 @@ class SLOQueue(RequestQueue):
             run_tpot_bound=r_bounds[:, 2],
             run_weight=np.array([self.slos.get(r.slo).weight for _, r in held], dtype=float),
             max_seqs=np.array([v.max_num_seqs for v in views], dtype=np.int64),
-            step_s=lambda _r, batch: self.latency.decode_step_s(batch, context_q),
+            step_s=lambda _r, batch: speed * self.latency.decode_step_s(batch, context_q),
             arrival_rate=self._arrival_rate(now),
             kv_seqs=np.array(
                 [v.total_kv_blocks * v.block_size / max(1.0, mean_tokens) for v in views]
