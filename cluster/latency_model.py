@@ -9,6 +9,14 @@ from functools import lru_cache
 
 from cluster.sim.step_time import StepTimeModel, StepTimeProfile, load_profile
 
+CONTEXT_QUANTUM = 64  # tokens
+
+
+def quantized_context(context: float) -> int:
+    """A mean context rounded to CONTEXT_QUANTUM, so that callers on a hot path look step
+    times up in `decode_step_s`'s cache instead of computing them anew."""
+    return max(CONTEXT_QUANTUM, round(context / CONTEXT_QUANTUM) * CONTEXT_QUANTUM)
+
 
 class LatencyModel:
     def __init__(self, profile: StepTimeProfile) -> None:

@@ -26,13 +26,11 @@ from dataclasses import dataclass
 
 from cluster.admission import Refusal, ShedReason, expected_tokens, retry_after
 from cluster.config import SchedulerConfig, SLOClass
-from cluster.latency_model import LatencyModel
+from cluster.latency_model import LatencyModel, quantized_context
 from cluster.replicas import ReplicaView
 from cluster.request import Request
 
 logger = logging.getLogger(__name__)
-
-_CONTEXT_QUANTUM = 64  # mean contexts rounded to this, so that step times are looked up again
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +121,7 @@ def estimate(
     # through each answer (as the `slo` policy takes it).
     pool = [(r.context, max(1.0, expected_tokens(r))) for r in held] or [(request.context, tokens)]
     context = sum(c + left / 2 for c, left in pool) / len(pool)
-    step = latency.decode_step_s(batch, _quantized(context))
+    step = latency.decode_step_s(batch, quantized_context(context))
     start = 0.0
     if len(held) >= limit:  # full: the first of its requests to end frees a slot
         start = min(max(1.0, expected_tokens(r)) for r in held) * step
@@ -143,7 +141,3 @@ def _explain(slo: SLOClass, best: Estimate, replicas: int) -> str:
         f"SLO class {slo.name!r} ({bound}) cannot be met on any of {replicas} replica(s): "
         f"at best {figure} on {best.replica_id}{wait}"
     )
-
-
-def _quantized(context: float) -> int:
-    return max(_CONTEXT_QUANTUM, round(context / _CONTEXT_QUANTUM) * _CONTEXT_QUANTUM)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from cluster.calibration import LogRatioCalibration
-from cluster.latency_model import LatencyModel
+from cluster.latency_model import LatencyModel, quantized_context
 from cluster.policies.base import RequestQueue
 from cluster.request import Request
 from cluster.slo_search import Problem
@@ -31,7 +31,6 @@ if TYPE_CHECKING:
     from cluster.replicas import ReplicaView
 
 _INF = math.inf
-_CONTEXT_QUANTUM = 64  # mean contexts rounded to this, so step times are looked up, not redone
 RATE_WINDOW_S = 10.0  # the arrival rate the concurrency limits must keep up with, measured over
 
 
@@ -195,7 +194,7 @@ class SLOQueue(RequestQueue):
             if pool
             else 0.0
         )
-        context_q = max(_CONTEXT_QUANTUM, round(context / _CONTEXT_QUANTUM) * _CONTEXT_QUANTUM)
+        context_q = quantized_context(context)
         # What a request holds in KV at its end: its prompt and whole predicted answer.
         mean_tokens = (
             float(np.mean([r.prompt_tokens + self._predicted_total(r) for r in pool]))
