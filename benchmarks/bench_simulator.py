@@ -9,6 +9,8 @@
            fcfs and oracle (needs ../shared/datasets)
   routing  the global queue against Ray Serve's default power-of-two routing, on 4 equal
            replicas and on a mixed A100 + H100 cluster (needs ../shared/datasets)
+  preemption  ltr without and with scheduler-driven preemption (recompute, prefix-cache
+           retention, host offload): bursts on 1 replica, two traces on 4 (../shared/datasets)
 
 Prints the figures and writes them to docs/benchmarks.md.
 
@@ -16,6 +18,7 @@ Prints the figures and writes them to docs/benchmarks.md.
     python -m benchmarks.bench_simulator results
     python -m benchmarks.bench_simulator predictor
     python -m benchmarks.bench_simulator routing
+    python -m benchmarks.bench_simulator preemption
 """
 
 from __future__ import annotations
@@ -144,7 +147,7 @@ def results() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("which", choices=["speed", "results", "predictor", "routing"])
+    parser.add_argument("which", choices=["speed", "results", "predictor", "routing", "preemption"])
     parser.add_argument(
         "--seeds", type=int, default=None, help="runs per case (predictor: 5, routing: 3)"
     )
@@ -157,6 +160,10 @@ def main() -> None:
         from benchmarks.sim_routing import routing
 
         routing(args.seeds or 3)
+    elif args.which == "preemption":
+        from benchmarks.sim_preemption import preemption
+
+        preemption(args.seeds or 5)
     else:
         {"speed": speed, "results": results}[args.which]()
 

@@ -259,6 +259,10 @@ class PreemptionConfig:
     # The victim's expected remaining tokens must be at least this many times the waiting one's.
     min_gain_ratio: float = 4.0
     max_per_round: int = 8  # early ends decided per scheduling round
+    # The resume's cost: True, the victim's KV stays in its replica's prefix cache (vLLM's
+    # default) while that replica has free blocks for it, and only its last block is computed
+    # again; False (engines without prefix caching), its whole context is recomputed.
+    kv_retention: bool = True
 
     def __post_init__(self) -> None:
         if self.min_run_tokens < 1 or self.max_per_request < 0 or self.max_per_round < 1:
@@ -314,3 +318,15 @@ class EngineConfig:
     # prefill. Off here so that earlier simulated results stay reproducible; the live vLLM
     # engines are not passed it and run with vLLM's default (CacheConfig: on).
     enable_prefix_caching: bool = False
+    # KV offloading to host memory (`cluster.sim.host_tier`, vLLM's OffloadingConnector): GiB of
+    # host memory per engine for freed blocks, 0 for none. Needs prefix caching.
+    host_offload_gib: float = 0.0
+    host_link_gb_s: float | None = None  # None: the profile GPU's PCIe link (host_tier)
+
+    def __post_init__(self) -> None:
+        if self.host_offload_gib < 0:
+            raise ValueError("host_offload_gib must be >= 0")
+        if self.host_offload_gib and not self.enable_prefix_caching:
+            raise ValueError("host KV offload needs prefix caching (enable_prefix_caching)")
+        if self.host_link_gb_s is not None and self.host_link_gb_s <= 0:
+            raise ValueError("host_link_gb_s must be > 0")

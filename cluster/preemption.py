@@ -6,7 +6,8 @@ The cost model weighs, in seconds of request latency, the gain of the swap again
 resuming the victim. Running the waiting request first saves it the victim's remaining decode
 steps and costs the victim the waiting one's: net (E_victim - E_waiting) decode steps of the
 victim's batch (the exchange argument behind shortest-remaining-first). Resuming costs the
-prefill of the victim's uncached context, which every request of that batch waits for. E is the
+prefill of the victim's uncached context, which every request of that batch waits for: all of
+it, or, when its replica is expected to keep its KV (`Running.retained`), the last block. E is the
 expected remaining tokens: the prediction minus what the request has, and once it ran past its
 prediction, as many again as it has (the ranking was wrong; a long tail is likely, as
 least-attained-service assumes).
@@ -34,6 +35,7 @@ class Running:
 
     request: Request
     batch: int  # requests on its replica
+    retained: int = 0  # context tokens expected to be found cached when it resumes
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,9 +89,7 @@ def choose_swap(
             continue
         context = victim.prompt_tokens + victim.generated
         step_s = latency.decode_step_s(cand.batch, context)
-        # Resume recomputes the whole context: the core does not yet know where its KV stays
-        # cached (a hit in the engine's prefix cache only makes the resume cheaper).
-        cost_s = latency.prefill_s(context) * cand.batch
+        cost_s = latency.prefill_s(max(1, context - cand.retained)) * cand.batch
         gain_s = (e_victim - e_wait) * step_s - cost_s
         if gain_s > 0 and (best is None or gain_s > best.gain_s):
             best = Swap(victim, waiting, gain_s)

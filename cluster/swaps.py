@@ -102,7 +102,7 @@ class Swaps:
         max_per_round, stopping at the first that gains nothing."""
         promised = {id(w) for *_, w in self._pending.values()}
         running = [
-            Running(r, len(view.assigned))
+            Running(r, len(view.assigned), self._retained(r, view))
             for view in replicas
             for r in _running_on(view, requests)
             if r.request_id not in self._pending
@@ -128,6 +128,15 @@ class Swaps:
             )
             self._ends.append(EarlyEnd(victim.request_id, victim.replica_id))
             running = [c for c in running if c.request is not victim]
+
+    def _retained(self, victim: Request, view: ReplicaView) -> int:
+        """Context tokens the victim's replica is expected still to hold when it resumes: all
+        but the last block while the replica has free blocks for as much again (freed blocks
+        are evicted only when an allocation needs them), else none."""
+        context = victim.context
+        if not self.config.kv_retention or view.free_blocks < view.blocks_for(context):
+            return 0
+        return max(0, context - view.block_size)
 
     @property
     def latency(self) -> LatencyModel:

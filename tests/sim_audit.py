@@ -122,6 +122,7 @@ def make_engine(
     num_kv_blocks: int = 64,
     long_prefill_token_threshold: int = 0,
     enable_prefix_caching: bool = False,
+    host_offload_gib: float = 0.0,
 ) -> AuditedEngine:
     config = EngineConfig(
         max_num_seqs=max_num_seqs,
@@ -129,6 +130,8 @@ def make_engine(
         num_kv_blocks=num_kv_blocks,
         long_prefill_token_threshold=long_prefill_token_threshold,
         enable_prefix_caching=enable_prefix_caching,
+        host_offload_gib=host_offload_gib,
+        host_link_gb_s=25.0 if host_offload_gib else None,
     )
     engine = AuditedEngine(ledger, replica_id, config, STEP_TIME, num_kv_blocks)
     ledger.engines.append(engine)

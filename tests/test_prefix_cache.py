@@ -3,8 +3,12 @@ resume of the same request and on a shared prompt, so that only uncached tokens 
 
 from __future__ import annotations
 
+import pytest
+
+from cluster.config import EngineConfig
 from cluster.dispatch import Dispatch
 from cluster.request import Request
+from cluster.sim.host_tier import HostKVTier, host_link_gb_s
 from cluster.sim.kv_cache import KVBlockPool, block_key
 from tests.sim_audit import Ledger, make_engine
 
@@ -89,3 +93,54 @@ def test_cached_blocks_give_way_to_new_work_and_none_leak():
     # Prompts p0..p2 each came twice, with room for two prompts' blocks: each repeat found
     # only its first block, as evictions took every prefix's tail first.
     assert engine.cached_tokens == 3 * 16
+
+
+def test_the_host_tier_serves_what_the_device_cache_evicted():
+    # 8 device blocks: a second request's prompt evicts the first one's cached blocks, which
+    # the host tier kept; its resume loads them instead of recomputing.
+    engine = make_engine(
+        Ledger(), enable_prefix_caching=True, num_kv_blocks=8, host_offload_gib=1.0
+    )
+    a = request("a", 100, 140, 0)
+    run_dispatch(engine, a, 20, final=False)  # 119 tokens computed: 7 full blocks
+    assert len(engine.host) == 7 and engine.kv.cached == 7
+    run_dispatch(engine, request("b", 100, 101, 1), 1, final=True)  # takes 7 of the 8 blocks
+    # evicted from the device, but for the head (freed last block first, a prefix's tail goes)
+    assert engine.kv.cached_prefix(a, 120) == [("a", 0)]
+    resumed = run_dispatch(engine, a, 20, final=True)
+    first = resumed[0]
+    assert first.started[0].cached_tokens == 7 * 16
+    assert first.prefill_tokens == 120 - 7 * 16
+    assert engine.host.loaded == 6 and engine.recomputed_tokens == 120 - 1 - 7 * 16
+    # The load is charged to the step, at the link's bandwidth.
+    block_s = 16 * 131072 / 25e9
+    plain = engine.step_time.step_seconds(first.prefill_tokens, 0, 0, 8 * 8, 8 * 112, 1)
+    assert first.duration > plain + 5.9 * block_s
+
+
+def test_the_host_tier_evicts_the_least_recently_stored_block():
+    tier = HostKVTier(capacity_blocks=2, seconds_per_block=0.001)
+    tier.store([("p", 0), ("p", 1)])
+    tier.store([("p", 0)])  # refreshed: ("p", 1) is now the oldest
+    tier.store([("q", 0)])
+    assert len(tier) == 2 and tier.evicted == 1
+    r = request("x", 40, 41, 0, prefix_key="p")
+    assert tier.hits(r, 0, 41, 16) == 1  # block 0 held, block 1 evicted
+    assert tier.load(3) == 0.003
+
+
+def test_recompute_counts_only_context_computed_before():
+    engine = make_engine(Ledger(), enable_prefix_caching=False)
+    r = request("a", 100, 140, 0)
+    run_dispatch(engine, r, 20, final=False)
+    assert engine.recomputed_tokens == 0  # a fresh prompt is not recomputed
+    run_dispatch(engine, r, 20, final=True)
+    assert engine.recomputed_tokens == 119  # all but the token it samples from
+
+
+def test_host_offload_needs_prefix_caching_and_a_known_link():
+    with pytest.raises(ValueError, match="needs prefix caching"):
+        EngineConfig(host_offload_gib=1.0)
+    with pytest.raises(ValueError, match="host link"):
+        host_link_gb_s("tpu-llama3-8b", 1)
+    assert host_link_gb_s("h100-llama3-70b-tp4", 4) == 200.0

@@ -98,13 +98,16 @@ def scenarios(draw, max_requests: int = 30) -> tuple[list[WorkloadItem], Simulat
                 max_per_request=draw(st.integers(0, 3)),
                 min_gain_ratio=draw(st.sampled_from([1.0, 2.0, 4.0])),
                 max_per_round=draw(st.integers(1, 4)),
+                kv_retention=draw(st.booleans()),
             ),
         ),
         EngineConfig(
             max_num_seqs=draw(st.integers(1, 12)),
             max_num_batched_tokens=draw(st.sampled_from([16, 64, 512, 2048])),
             num_kv_blocks=blocks,
-            enable_prefix_caching=draw(st.booleans()),
+            enable_prefix_caching=(caching := draw(st.booleans())),
+            # 0.01 GiB: 5 blocks, so that the host tier evicts
+            host_offload_gib=draw(st.sampled_from([0.0, 0.01, 1.0])) if caching else 0.0,
         ),
         PROFILE,
         replicas=draw(st.integers(1, 3)),
@@ -120,6 +123,9 @@ def test_every_request_finishes_once_with_exactly_its_tokens_and_no_block_leaks(
     result = simulate(items, config, engine_factory=ledger.engine_factory)
     assert_conserved(items, result, ledger)
     assert result.metrics.completions == len(items)
+    for engine in ledger.engines:
+        if engine.host is not None:
+            assert len(engine.host) <= engine.host.capacity_blocks
     # Shown by --hypothesis-show-statistics: how often the hard paths were taken.
     event(f"preempted: {result.engine_preemptions > 0}")
     event(f"sliced: {result.slices > 0}")

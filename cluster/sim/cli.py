@@ -29,7 +29,12 @@ from cluster.sim.report import format_table, plot_cdfs
 from cluster.sim.simulator import SimulationConfig, SimulationResult, simulate
 from cluster.sim.step_time import available_profiles, load_profile
 from cluster.workload.prompts import DEMO_PROMPT_FILE, read_prompt_file
-from cluster.workload.scoring import WorkloadScorer, with_predictions, with_true_lengths
+from cluster.workload.scoring import (
+    WorkloadScorer,
+    with_noisy_lengths,
+    with_predictions,
+    with_true_lengths,
+)
 from cluster.workload.workload import WorkloadItem, build_workload
 
 # model directory (None: the shipped model) -> a scorer of prompts with it
@@ -98,6 +103,13 @@ def register(
         "--true-lengths",
         action="store_true",
         help="feed true answer lengths to ltr/ssjf/hrrn (a predictor with no error)",
+    )
+    s.add_argument(
+        "--prediction-noise",
+        type=float,
+        metavar="SD",
+        help="feed true lengths times a log-normal error of SD (traces have no prompts to "
+        "predict from; the shipped predictor's error is about 0.8)",
     )
     s.add_argument("--starvation-threshold", type=int, default=PolicyConfig().starvation_threshold)
     s.add_argument("--priority-quantum", type=int, default=PolicyConfig().priority_quantum)
@@ -226,6 +238,13 @@ def register(
         action="store_true",
         help="vLLM's automatic prefix caching in the engines (freed blocks kept, LRU-evicted)",
     )
+    s.add_argument(
+        "--host-offload-gib",
+        type=float,
+        default=0.0,
+        help="KV offloading to host memory per engine, GiB (implies --prefix-caching)",
+    )
+    s.add_argument("--host-link-gb-s", type=float, help="host link per engine, GB/s")
     r = p.add_argument_group("run")
     r.add_argument(
         "--until-completions",
@@ -263,8 +282,13 @@ def load_items(args: argparse.Namespace) -> list[WorkloadItem]:
         lengths_from_trace=args.lengths_from_trace,
         max_output_tokens=args.max_output_tokens,
     )
+    chosen = [args.true_lengths, args.prediction_noise is not None, args.predictor is not None]
+    if sum(chosen) > 1:
+        raise ValueError("give one of --true-lengths, --prediction-noise and --predictor")
     if args.true_lengths:
         return with_true_lengths(items)
+    if args.prediction_noise is not None:
+        return with_noisy_lengths(items, args.prediction_noise, args.seed)
     if args.predictor is None:
         return items
     if args.model_scorer is None:
@@ -303,7 +327,9 @@ def run(args: argparse.Namespace) -> int:
             max_num_seqs=args.max_num_seqs,
             max_num_batched_tokens=args.max_num_batched_tokens,
             num_kv_blocks=args.num_kv_blocks,
-            enable_prefix_caching=args.prefix_caching,
+            enable_prefix_caching=args.prefix_caching or bool(args.host_offload_gib),
+            host_offload_gib=args.host_offload_gib,
+            host_link_gb_s=args.host_link_gb_s,
         )
         slos = slo_config(args.slo_class, args.slo_default)
         results: list[SimulationResult] = []
@@ -338,6 +364,7 @@ def run(args: argparse.Namespace) -> int:
                     min_run_tokens=args.preempt_min_run_tokens,
                     max_per_request=args.preempt_max_per_request,
                     min_gain_ratio=args.preempt_gain_ratio,
+                    kv_retention=engine.enable_prefix_caching,
                 ),
             )
             config = SimulationConfig(

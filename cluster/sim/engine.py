@@ -20,6 +20,7 @@ from cluster.dispatch import Dispatch
 from cluster.events import EngineEvents, FinishReason
 from cluster.replicas import ReplicaLoad
 from cluster.request import Request
+from cluster.sim.host_tier import HostKVTier
 from cluster.sim.kv_cache import BlockKey, KVBlockPool, block_key
 from cluster.sim.step_time import StepTimeModel
 
@@ -38,7 +39,8 @@ class Sequence:
     blocks: int = 0
     admitted: bool = False  # running since its last (re)admission
     ended_early: bool = False  # the scheduler cut the dispatch short (`end_early`)
-    cached_tokens: int = 0  # found in the prefix cache at its last admission
+    cached_tokens: int = 0  # found in the prefix cache (or host tier) at its last admission
+    computed_before: bool = False  # its context was computed once (a resume recomputes it)
 
     @property
     def num_tokens(self) -> int:
@@ -68,6 +70,16 @@ class SimulatedEngine:
         self.config = config
         self.step_time = step_time
         self.kv = KVBlockPool(num_kv_blocks, config.block_size)
+        self.host: HostKVTier | None = None
+        if config.host_offload_gib:
+            if config.host_link_gb_s is None:
+                raise ValueError("host offload needs host_link_gb_s (see resolve_engine)")
+            self.host = HostKVTier.sized(
+                config.host_offload_gib,
+                config.block_size,
+                step_time.profile.kv_bytes_per_token,
+                config.host_link_gb_s,
+            )
         self.running: list[Sequence] = []
         self._waiting: list[tuple[int, int, Sequence]] = []
         self._by_id: dict[str, Sequence] = {}
@@ -78,6 +90,9 @@ class SimulatedEngine:
         # cache held.
         self.admitted_tokens = 0
         self.cached_tokens = 0
+        # Prefill tokens computed again for context computed once before (resumes after a
+        # slice end or preemption, readmissions after the engine's own preemptions).
+        self.recomputed_tokens = 0
 
     def add(self, dispatch: Dispatch) -> None:
         request = dispatch.request
@@ -87,6 +102,7 @@ class SimulatedEngine:
         if context + 1 > self.config.max_model_len:
             raise ValueError(f"{request.request_id}: {context} tokens exceed max_model_len")
         seq = Sequence(request, dispatch.priority, context, dispatch.max_new_tokens, dispatch.final)
+        seq.computed_before = request.generated > 0
         self._by_id[request.request_id] = seq
         heapq.heappush(self._waiting, (seq.priority, request.seq, seq))
 
@@ -120,6 +136,8 @@ class SimulatedEngine:
         if self.config.enable_prefix_caching:
             size = self.kv.block_size
             keys = [block_key(seq.request, i, size) for i in range(seq.num_computed // size)]
+            if self.host is not None:
+                self.host.store(keys)
         self.kv.release(seq.blocks, keys)
         seq.blocks = 0
 
@@ -195,22 +213,31 @@ class SimulatedEngine:
             budget -= want
             i += 1
 
+        load_s = 0.0  # host-tier loads of the admissions
         if not result.preempted:
             waiting = self._waiting
             caching = self.config.enable_prefix_caching
             while waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
                 seq = waiting[0][2]
                 hits = kv.cached_prefix(seq.request, seq.num_tokens) if caching else []
-                computed = len(hits) * kv.block_size  # waiting sequences hold no blocks
+                loaded = 0
+                if self.host is not None:
+                    loaded = self.host.hits(seq.request, len(hits), seq.num_tokens, kv.block_size)
+                computed = (len(hits) + loaded) * kv.block_size  # waiting ones hold no blocks
                 want = min(seq.num_tokens - computed, chunk_cap, budget)
                 grown = kv.try_grow(0, computed + want, hits)
                 if grown is None:
                     break
                 heapq.heappop(waiting)
                 seq.blocks, seq.num_computed, seq.cached_tokens = grown, computed, computed
+                if loaded:
+                    load_s += self.host.load(loaded)
                 if caching:
                     self.admitted_tokens += seq.num_tokens
                     self.cached_tokens += computed
+                if seq.computed_before:
+                    self.recomputed_tokens += seq.num_tokens - 1 - computed
+                seq.computed_before = True
                 self.running.append(seq)
                 if not seq.admitted:
                     seq.admitted = True
@@ -242,7 +269,9 @@ class SimulatedEngine:
             self._free(seq)
             del self._by_id[seq.request.request_id]
 
-        result.duration = self.step_time.step_seconds(prefill, decode, ctx, sq, pctx, nprefill)
+        result.duration = load_s + self.step_time.step_seconds(
+            prefill, decode, ctx, sq, pctx, nprefill
+        )
         result.batch_size = len(scheduled)
         result.prefill_tokens = prefill
         self.steps += 1

@@ -26,6 +26,7 @@ _COLUMNS = [
     ("preempt", lambda r: r.engine_preemptions, "{:d}"),
     ("sched preempt", lambda r: r.scheduler_preemptions, "{:d}"),
     ("cache hit %", lambda r: 100 * r.cached_tokens / max(1, r.admitted_tokens), "{:.1f}"),
+    ("recomputed", lambda r: r.recomputed_tokens, "{:d}"),
 ]
 
 

@@ -25,6 +25,7 @@ from cluster.request import Request, RequestState
 from cluster.scheduler import Scheduler
 from cluster.sim.autoscaling import SimAutoscaling
 from cluster.sim.engine import SimulatedEngine, StepResult
+from cluster.sim.host_tier import host_link_gb_s
 from cluster.sim.step_time import StepTimeModel, StepTimeProfile
 from cluster.workload.workload import WorkloadItem
 
@@ -78,6 +79,8 @@ class SimulationResult:
     # Context tokens of all engine (re)admissions, and those found in the prefix cache.
     admitted_tokens: int = 0
     cached_tokens: int = 0
+    recomputed_tokens: int = 0  # prefill of context computed once before (cluster.sim.engine)
+    host_loaded_blocks: int = 0  # brought back from the host KV tier
 
     def to_dict(self) -> dict:
         out = {"policy": self.policy, **self.metrics.to_dict()}
@@ -86,6 +89,10 @@ class SimulationResult:
             out["scheduler_preemptions"] = self.scheduler_preemptions
         if self.admitted_tokens:
             out["prefix_cache_hit_rate"] = self.cached_tokens / self.admitted_tokens
+        if self.recomputed_tokens:
+            out["recomputed_tokens"] = self.recomputed_tokens
+        if self.host_loaded_blocks:
+            out["host_loaded_blocks"] = self.host_loaded_blocks
         out.update(
             slices=self.slices,
             unfinished=self.unfinished,
@@ -141,7 +148,14 @@ def resolve_engine(engine: EngineConfig, profile: StepTimeProfile) -> EngineConf
         num_kv_blocks=engine.num_kv_blocks or profile.num_kv_blocks,
         block_size=profile.block_size,
         max_model_len=min(engine.max_model_len, profile.max_model_len),
+        host_link_gb_s=engine.host_link_gb_s or _host_link(engine, profile),
     )
+
+
+def _host_link(engine: EngineConfig, profile: StepTimeProfile) -> float | None:
+    if not engine.host_offload_gib:
+        return None
+    return host_link_gb_s(profile.name, profile.tensor_parallel)
 
 
 # (replica id, engine settings, step-time model, KV blocks) -> an engine; tests pass one that
@@ -283,6 +297,8 @@ def simulate(
         engine_preemptions=sum(e.preemptions for e in engines),
         admitted_tokens=sum(e.admitted_tokens for e in engines),
         cached_tokens=sum(e.cached_tokens for e in engines),
+        recomputed_tokens=sum(e.recomputed_tokens for e in engines),
+        host_loaded_blocks=sum(e.host.loaded for e in engines if e.host is not None),
         slices=scheduler.stats().slices,
         scheduler_preemptions=scheduler.stats().preemptions,
         unfinished=unfinished,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import random
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -26,6 +27,20 @@ def with_true_lengths(items: list[WorkloadItem]) -> list[WorkloadItem]:
         )
         for it in items
     ]
+
+
+def with_noisy_lengths(items: list[WorkloadItem], sd: float, seed: int) -> list[WorkloadItem]:
+    """True lengths times a log-normal error of `sd` (a stand-in for a predictor on traces,
+    which carry lengths but no prompts: the shipped model's error on held-out prompts has sd
+    0.74-0.94 in log space), rounded to a token at least."""
+    if sd < 0:
+        raise ValueError("the prediction noise sd must be >= 0")
+    rng = random.Random(seed)
+    out = []
+    for it in items:
+        predicted = max(1.0, it.output_tokens * math.exp(rng.gauss(0.0, sd)))
+        out.append(dataclasses.replace(it, score=math.log(predicted), predicted_tokens=predicted))
+    return out
 
 
 def with_predictions(items: list[WorkloadItem], scorer: WorkloadScorer) -> list[WorkloadItem]:
