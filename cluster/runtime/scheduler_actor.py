@@ -30,8 +30,9 @@ from cluster.runtime.autoscaling import FleetAutoscaling
 from cluster.runtime.caller_counts import CallerCounts
 from cluster.runtime.ended import EndedRequests
 from cluster.runtime.fleet import ReplicaFleet
+from cluster.runtime.lease_watch import LeaseWatch
 from cluster.runtime.leases import IngressLeases
-from cluster.runtime.log_setup import NO_REQUEST, LogConfig, bind_request, configure_logging
+from cluster.runtime.log_setup import LogConfig, bind_request, configure_logging
 from cluster.runtime.metrics_export import SchedulerMetrics
 from cluster.runtime.protocol import (
     DispatchState,
@@ -46,8 +47,6 @@ from cluster.runtime.status import ClusterStatus
 from cluster.scheduler import Scheduler, UnknownRequest
 
 logger = logging.getLogger(__name__)
-
-CLIENT_GONE = "client gone"
 
 
 class SchedulerActor:
@@ -78,6 +77,13 @@ class SchedulerActor:
         self._counts = CallerCounts()  # callers' token counts, until their dispatch ends
         self._report_seq: dict[str, int] = {}  # replica -> last report applied
         self._leases = IngressLeases(self.INGRESS_LEASE_S)
+        self._lease_watch = LeaseWatch(
+            self._leases,
+            self._core.clock,
+            self._schedule,
+            self.abort,
+            lambda: self.config.admission.queue_timeout_s is not None,
+        )
         self._ended = EndedRequests()
         self._booted = asyncio.Event()
         self._boot_began = False
@@ -110,7 +116,7 @@ class SchedulerActor:
             attached = await self.fleet.attach_live()
         finally:  # leases run from now: the ingresses' renewals waited for the boot
             self._leases.open(self._core.clock.now())
-            self._lease_task = asyncio.create_task(self._lease_loop())
+            self._lease_task = asyncio.create_task(self._lease_watch.run())
             self._booted.set()
         took = time.monotonic() - began
         logger.info("scheduler up in %.1f s: %d live replicas", took, len(attached))
@@ -342,25 +348,6 @@ class SchedulerActor:
 
     def _lease_for(self, submit: SubmitRequest) -> None:
         self._leases.track(submit.request_id, submit.ingress_id, self._core.clock.now())
-
-    async def _lease_loop(self) -> None:
-        while True:
-            await asyncio.sleep(1.0)
-            if self.config.admission.queue_timeout_s is not None:
-                self._schedule()  # a round drops the requests past their queue deadline
-            lapsed, gone = self._leases.lapse(self._core.clock.now())
-            if not lapsed:
-                continue
-            logger.warning(
-                "ingress lease lapsed (%s): aborting %d requests as %r",
-                ", ".join(sorted(lapsed)),
-                len(gone),
-                CLIENT_GONE,
-            )
-            for rid in gone:
-                await self.abort(rid, CLIENT_GONE)
-            bind_request(NO_REQUEST)  # abort() bound this loop's lines to its last request
-            self._schedule()
 
     def _forget(self, request: Request) -> None:
         """An ended request: answer its waiter, drop it, remember why it ended."""
