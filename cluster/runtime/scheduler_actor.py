@@ -24,10 +24,11 @@ import ray
 
 from cluster.admission import Refusal
 from cluster.clock import WallClock
-from cluster.config import AdmissionConfig, PolicyConfig, SchedulerConfig
+from cluster.config import AdmissionConfig, PolicyConfig, PreemptionConfig, SchedulerConfig
 from cluster.request import Request
 from cluster.runtime.autoscaling import FleetAutoscaling
 from cluster.runtime.caller_counts import CallerCounts
+from cluster.runtime.early_ends import EarlyEndDelivery
 from cluster.runtime.ended import EndedRequests
 from cluster.runtime.fleet import ReplicaFleet
 from cluster.runtime.lease_watch import LeaseWatch
@@ -72,6 +73,7 @@ class SchedulerActor:
             replace_dead,
         )
         self.metrics = SchedulerMetrics(self._core, self.fleet)
+        self._early_ends = EarlyEndDelivery(self.fleet.handles)
         self._tickets: dict[str, Ticket] = {}
         self._waiters: dict[str, asyncio.Future] = {}
         self._counts = CallerCounts()  # callers' token counts, until their dispatch ends
@@ -269,6 +271,13 @@ class SchedulerActor:
         self._core.set_admission(admission)
         logger.info("admission is now %s", admission)
 
+    async def set_preemption(self, preemption: PreemptionConfig) -> None:
+        """Switch scheduler-driven preemption (or its guards); only between requests, as a
+        policy (Scheduler.reconfigure)."""
+        await self._ready()
+        self._core.reconfigure(dataclasses.replace(self.config, preemption=preemption))
+        logger.info("preemption is now %s", preemption)
+
     async def reconcile(
         self, config: SchedulerConfig, replicas: list[ReplicaSpec]
     ) -> list[ReplicaInfo]:
@@ -384,3 +393,5 @@ class SchedulerActor:
         # the queue by admission control: answer them now.
         for request in self._core.take_rejected():
             self._forget(request)
+        for end in self._core.take_early_ends():  # the victims' replicas end their dispatches
+            self._early_ends.send(end, self._core.get(end.request_id).num_dispatches)
