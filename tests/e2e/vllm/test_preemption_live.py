@@ -88,7 +88,8 @@ def test_a_short_request_preempts_a_long_one_which_resumes_from_the_prefix_cache
         assert len(prefills) == entry["dispatches"]
         # Each resume continues from the prompt plus what the client already has...
         assert prefills[0][0] == entry["prompt_tokens"]
-        assert all(later[0] > earlier[0] for earlier, later in zip(prefills, prefills[1:]))
+        contexts = [context for context, _ in prefills]
+        assert contexts == sorted(set(contexts))
         # ...and, on the replica it left, recomputes at most one block of that context.
         for context, cached in prefills[1:]:
             assert cached >= context - block, (context, cached, block)
