@@ -1,7 +1,6 @@
 """Scheduler-driven preemption's live parts without a cluster: the replica ending a dispatch
 early (on the simulated engine, in real time), the delivery of the scheduler's early ends, the
-guarded lease round, and the settings that turn it on (and KV offloading, which only GPU
-replicas take)."""
+guarded lease round, and KV offloading, which only GPU replicas take."""
 
 from __future__ import annotations
 
@@ -13,7 +12,6 @@ import pytest
 pytest.importorskip("ray")
 
 from cluster.clock import VirtualClock  # noqa: E402
-from cluster.config import PreemptionConfig, SchedulerConfig  # noqa: E402
 from cluster.events import FinishReason  # noqa: E402
 from cluster.runtime.early_ends import EarlyEndDelivery  # noqa: E402
 from cluster.runtime.lease_watch import CLIENT_GONE, LeaseWatch  # noqa: E402
@@ -184,15 +182,6 @@ def test_a_failing_lease_round_is_logged_and_the_next_round_runs(caplog):
         asyncio.run(main())
     assert any("lease round failed" in r.getMessage() for r in caplog.records)
     assert len(rounds) > 2 and aborted == [("req-1", CLIENT_GONE)]
-
-
-def test_preemption_can_be_turned_on_for_the_service_and_is_off_by_default():
-    assert not ServeConfig(model="/m").scheduler.preemption.enabled
-    on = ServeConfig.from_dict(
-        {"model": "/m", "scheduler": {"preemption": {"enabled": True, "min_run_tokens": 4}}}
-    )
-    assert on.scheduler.preemption == PreemptionConfig(enabled=True, min_run_tokens=4)
-    assert isinstance(on.scheduler, SchedulerConfig)
 
 
 def test_kv_offloading_is_for_gpu_vllm_replicas_only():
