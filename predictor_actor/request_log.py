@@ -54,6 +54,10 @@ class RequestLogEntry:
     max_tokens: int | None = None
     score: float | None = None
     predicted_tokens: float | None = None
+    dispatches: int | None = None
+    scheduler_preemptions: int | None = None  # dispatches the scheduler ended early
+    # Per dispatch: [context tokens, of which found in the engine's prefix cache]
+    prefills: list[list[int]] | None = None
 
     def to_json(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in fields(self)}

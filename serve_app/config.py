@@ -128,9 +128,6 @@ class ServeConfig:
             raise ValueError("cpu_threads_bind needs one entry per replica")
         if not 1 <= self.default_max_tokens < self.engine.max_model_len:
             raise ValueError("default_max_tokens must be in [1, engine.max_model_len)")
-        if self.scheduler.preemption.enabled:
-            # The live actor cannot end a dispatch early yet (docs/scheduling.md).
-            raise ValueError("scheduler.preemption: simulator only for now; leave it off")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ServeConfig:

@@ -1,8 +1,8 @@
 """One request's path through the cluster, independent of the wire protocol: score it, submit it
 to the scheduler actor, wait for its dispatch, stream its tokens straight from the chosen replica,
-and, when a slice ends or a replica dies, wait for the next dispatch and continue there with the
-tokens generated so far. A caller that stops iterating (client gone) aborts the request
-everywhere, which frees its slot."""
+and, when a slice ends, the scheduler preempts it or a replica dies, wait for the next dispatch
+and continue there with the tokens generated so far: the client sees one unbroken stream. A
+caller that stops iterating (client gone) aborts the request everywhere, which frees its slot."""
 
 from __future__ import annotations
 
@@ -53,6 +53,10 @@ class GenerationRecord:
     first_token: float | None = None
     finished: float | None = None
     dispatches: int = 0
+    preemptions: int = 0  # dispatches the scheduler ended early for another request
+    # Per dispatch that started: (context tokens, of which found in the engine's prefix cache);
+    # the difference is the prefill computed (again, after a slice end or a preemption).
+    prefills: list[tuple[int, int]] = field(default_factory=list)
     score: float | None = None
     predicted_tokens: float | None = None
     # For the latency metrics (serve_app.metrics): how long scoring took, when the first
@@ -233,6 +237,9 @@ class GenerationPath:
                 try:
                     async for ref in stream:
                         chunk: TokenChunk = await ref
+                        if chunk.cached_tokens is not None:
+                            context = len(call.prompt_token_ids)
+                            record.prefills.append((context, chunk.cached_tokens))
                         if chunk.token_ids:
                             record.tokens_arrived(len(chunk.token_ids), time.time())
                         generated.extend(chunk.token_ids)
@@ -246,8 +253,11 @@ class GenerationPath:
                             raise GenerationFailed("aborted by the engine")
                         if chunk.token_ids or chunk.text:
                             yield TokenChunk(chunk.token_ids, chunk.text, None)
-                        if reason is FinishReason.SLICE:
-                            break  # back in the global queue: wait for the next dispatch
+                        if reason in (FinishReason.SLICE, FinishReason.PREEMPT):
+                            # Back in the global queue: wait for the next dispatch, which
+                            # continues this stream from the tokens delivered so far.
+                            record.preemptions += reason is FinishReason.PREEMPT
+                            break
                 except _actor_gone_errors() as exc:
                     logger.warning(
                         "%s: replica %s lost mid-stream (%s); continuing elsewhere",

@@ -162,6 +162,9 @@ class Ingress:
                 max_tokens=inp.max_tokens,
                 score=record.score,
                 predicted_tokens=record.predicted_tokens,
+                dispatches=record.dispatches,
+                scheduler_preemptions=record.preemptions,
+                prefills=[list(p) for p in record.prefills],
             )
         )
 

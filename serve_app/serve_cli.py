@@ -84,6 +84,17 @@ def register(subparsers: Any, name: str, help_text: str) -> None:
         help="local cluster without Ray's dashboard (and so without `ray job submit`)",
     )
     p.add_argument(
+        "--preemption",
+        action="store_true",
+        help="scheduler-driven preemption (docs/scheduling.md; guards: scheduler.preemption.*)",
+    )
+    p.add_argument(
+        "--kv-offload-gib",
+        type=float,
+        default=None,
+        help="GPU engines: host memory GiB each for vLLM's KV offloading (default: off)",
+    )
+    p.add_argument(
         "--no-wait",
         action="store_true",
         help="deploy and return (the app keeps running on a joined cluster)",
@@ -97,11 +108,16 @@ def serve_settings(args: argparse.Namespace, device: str) -> dict[str, Any]:
         "num_replicas": args.replicas,
         "request_log": args.request_log,
         "engine": {"max_num_seqs": args.max_num_seqs, "max_model_len": args.max_model_len},
-        "scheduler": {"policy": {"name": args.policy}, "slice_tokens": args.slice_tokens},
+        "scheduler": {
+            "policy": {"name": args.policy},
+            "slice_tokens": args.slice_tokens,
+            "preemption": {"enabled": args.preemption},
+        },
         "replica": {
             "kind": args.engine,
             "device": device,
             "kv_cache_gib": args.kv_cache_gib,
+            "kv_offload_gib": args.kv_offload_gib,
             "work_dir": args.work_dir,
         },
         "predictor": {"scorer": args.scorer, "model": args.predictor_model},

@@ -87,10 +87,14 @@ def test_the_app_arguments_split_the_ingress_count_from_the_service_settings():
         ServeConfig.from_dict({"ingress_replicas": 2, "model": "m"})
 
 
-def test_the_serve_config_refuses_preemption_that_the_live_path_cannot_carry_out():
+def test_the_serve_config_takes_preemption_off_by_default_and_on_with_its_guards():
     from serve_app.config import ServeConfig
 
-    data = {"model": "/models/tiny", "scheduler": {"preemption": {"enabled": "true"}}}
-    with pytest.raises(ValueError, match="scheduler.preemption: simulator only"):
-        ServeConfig.from_dict(data)
     assert not ServeConfig.from_dict({"model": "/models/tiny"}).scheduler.preemption.enabled
+    # As `serve run ... scheduler.preemption.enabled=true` writes it: strings.
+    preemption = {"enabled": "true", "min_run_tokens": "4", "min_gain_ratio": "2"}
+    data = {"model": "/models/tiny", "scheduler": {"preemption": preemption}}
+    on = ServeConfig.from_dict(data).scheduler.preemption
+    assert on.enabled and on.min_run_tokens == 4 and on.min_gain_ratio == 2.0
+    with pytest.raises(ValueError, match="min_gain_ratio"):
+        ServeConfig.from_dict({"model": "m", "scheduler": {"preemption": {"min_gain_ratio": 0.5}}})

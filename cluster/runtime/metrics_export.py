@@ -82,7 +82,19 @@ def scheduler_families(s: ClusterStatus) -> list[Family]:
         Family("rankserve_requests_finished", COUNTER, "Requests finished").add(s.finished),
         Family("rankserve_dispatches", COUNTER, "Dispatches to a replica").add(s.dispatches),
         Family("rankserve_slices", COUNTER, "Dispatches ended at their slice").add(s.slices),
-        Family("rankserve_preemptions", COUNTER, "Engine preemptions").add(s.preemptions),
+        Family(
+            "rankserve_preemptions", COUNTER, "Engine preemptions (a KV cache that could not grow)"
+        ).add(s.preemptions),
+        Family(
+            "rankserve_scheduler_preemptions",
+            COUNTER,
+            "Dispatches the scheduler ended early to give their slot to a request ranked ahead",
+        ).add(s.scheduler_preemptions),
+        Family(
+            "rankserve_prefix_cached_tokens",
+            COUNTER,
+            "Context tokens the engines found in their prefix caches as dispatches started",
+        ).add(s.cached_tokens),
         Family("rankserve_scheduling_rounds", COUNTER, "Scheduling rounds").add(s.rounds),
         _counts("rankserve_request_failures", "Requests failed, by reason", "reason", s.failures),
         _counts(

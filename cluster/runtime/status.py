@@ -48,6 +48,13 @@ class ClusterStatus:
     failures: dict[str, int]  # failed requests by `failure_reason`
     queued_by_slo: dict[str, int]  # the queue, by SLO class
     slo_demoted: int = 0  # admitted in the best-effort SLO class (cluster.slo_admission)
+    # Dispatches the scheduler ended early (cluster.preemption), unlike `preemptions` above,
+    # which counts the engines' own (a KV cache that could not grow).
+    scheduler_preemptions: int = 0
+    # In-flight requests the scheduler has preempted: request id -> times.
+    preempted: dict[str, int] = field(default_factory=dict)
+    # Context tokens the engines found in their prefix caches as dispatches started.
+    cached_tokens: int = 0
 
     @property
     def ready(self) -> bool:
@@ -60,11 +67,15 @@ class EndedTotals:
 
     dispatches: int = 0
     preemptions: int = 0
+    scheduler_preemptions: int = 0
+    cached_tokens: int = 0
     failures: Counter[str] = field(default_factory=Counter)
 
     def record(self, request: Request) -> None:
         self.dispatches += request.num_dispatches
         self.preemptions += request.num_preemptions
+        self.scheduler_preemptions += request.scheduler_preemptions
+        self.cached_tokens += request.cached_tokens
         if request.state is RequestState.FAILED:
             self.failures[failure_reason(request)] += 1
 
@@ -129,4 +140,7 @@ def cluster_status(
         dict(ended.failures),
         queued_by_slo,
         stats.slo_demoted,
+        ended.scheduler_preemptions + sum(r.scheduler_preemptions for r in live),
+        {r.request_id: r.scheduler_preemptions for r in live if r.scheduler_preemptions},
+        ended.cached_tokens + sum(r.cached_tokens for r in live),
     )

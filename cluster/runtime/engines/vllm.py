@@ -85,6 +85,7 @@ class VllmEngine:
             max_model_len=cfg.max_model_len,
             block_size=cfg.block_size if replica.device == "gpu" else None,
             num_gpu_blocks_override=cfg.num_kv_blocks,
+            kv_offloading_size=replica.kv_offload_gib,  # GPU only (ReplicaConfig refuses CPU)
             long_prefill_token_threshold=cfg.long_prefill_token_threshold,
             enforce_eager=replica.eager,
             gpu_memory_utilization=replica.gpu_memory_utilization,
@@ -117,6 +118,7 @@ class VllmEngine:
         )
         prompt = {"prompt_token_ids": list(call.prompt_token_ids)}
         self._in_flight += 1
+        first = True
         try:
             async for out in self._llm.generate(
                 prompt,
@@ -135,7 +137,11 @@ class VllmEngine:
                     reason = _FINISH_REASONS[completion.finish_reason]
                     if reason is FinishReason.LENGTH:
                         reason = call.length_reason()
-                yield TokenChunk(list(completion.token_ids), completion.text, reason)
+                # num_cached_tokens: set once the prefill is scheduled (vLLM's PrefillStats of
+                # the first scheduling, output_processor.process_outputs), so on the first output.
+                cached = out.num_cached_tokens if first else None
+                first = False
+                yield TokenChunk(list(completion.token_ids), completion.text, reason, cached)
         finally:
             self._in_flight -= 1
             if self._in_flight == 0:
