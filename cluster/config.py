@@ -272,6 +272,28 @@ class PreemptionConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class PrefixRoutingConfig:
+    """Prefix-cache-aware placement (cluster.prefix_routing). `prefix_aware` scores each
+    replica with room by these weights: the share of the request's context cached there, its
+    free KV fraction, and its free slots' fraction. `prefix_affinity` (the baseline after Ray
+    Serve LLM's router, with its defaults) matches prefixes while queue lengths differ by at
+    most `imbalanced_threshold`, and only when the best match covers `match_rate_threshold`
+    of the prompt."""
+
+    prefix_weight: float = 2.0
+    kv_weight: float = 1.0
+    queue_weight: float = 1.0
+    imbalanced_threshold: int = 10
+    match_rate_threshold: float = 0.1
+
+    def __post_init__(self) -> None:
+        if min(self.prefix_weight, self.kv_weight, self.queue_weight) < 0:
+            raise ValueError("prefix routing weights must be >= 0")
+        if not 0 <= self.match_rate_threshold <= 1:
+            raise ValueError("match_rate_threshold must be in [0, 1]")
+
+
+@dataclass(frozen=True, slots=True)
 class SchedulerConfig:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     admission: AdmissionConfig = field(default_factory=AdmissionConfig)
@@ -287,7 +309,8 @@ class SchedulerConfig:
     # measured for the status.
     rank_quality_window: int = 1000
     routing: str = "global"  # see cluster.routing
-    routing_seed: int = 0  # power_of_two's random choices
+    routing_seed: int = 0  # power_of_two's and prefix_affinity's random choices
+    prefix: PrefixRoutingConfig = field(default_factory=PrefixRoutingConfig)
     autoscaling: AutoscalingConfig = field(default_factory=AutoscalingConfig)
     slo: SLOConfig = field(default_factory=SLOConfig)
     preemption: PreemptionConfig = field(default_factory=PreemptionConfig)

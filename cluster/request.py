@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -61,6 +62,10 @@ class Request:
     # Identity of the prompt's tokens for prefix caching: requests with the same key have the
     # same prompt (the simulator keys by prompt text). None: unique to this request.
     prefix_key: str | None = None
+    # Chained hashes of the prompt's full KV blocks at the replicas' block size (equal hashes
+    # at i: the same first i + 1 blocks), for prefix-cache-aware placement and the simulated
+    # cache (cluster.prefix_blocks). None: identity by `prefix_key` as above.
+    block_hashes: Sequence[Hashable] | None = None
 
     state: RequestState = RequestState.QUEUED
     generated: int = 0  # tokens produced so far, across slices and replicas

@@ -10,8 +10,10 @@ from __future__ import annotations
 import random
 from typing import TYPE_CHECKING, Protocol
 
+from cluster.prefix_routing import PrefixAffinityRouting, PrefixAwareRouting
 from cluster.registry import Registry
 from cluster.replicas import ReplicaView
+from cluster.request import Request
 
 if TYPE_CHECKING:
     from cluster.config import SchedulerConfig
@@ -24,10 +26,12 @@ class Routing(Protocol):
         """Whether any request could be placed this round (else the round is skipped)."""
         ...
 
-    def choose(self, replicas: list[ReplicaView], tokens: int) -> ReplicaView | None:
-        """The replica for a request whose context (prompt plus generated prefix) is `tokens`
-        long; None when none has room for it now. The round stops at the first None, so that
-        no request overtakes a better-ranked one, unless no replica could ever hold it."""
+    def choose(self, replicas: list[ReplicaView], request: Request) -> ReplicaView | None:
+        """The replica for `request`, whose context (prompt plus generated prefix) is
+        `request.context` tokens long; None when none has room for it now. The round stops at
+        the first None, so that no request overtakes a better-ranked one, unless no replica
+        could ever hold it. The request is dispatched where this says (a routing that learns
+        from its placements records them here)."""
         ...
 
 
@@ -41,8 +45,8 @@ class KVBalancedRouting:
     def has_room(self, replicas: list[ReplicaView]) -> bool:
         return any(v.has_slot(self.max_engine_waiting) for v in replicas)
 
-    def choose(self, replicas: list[ReplicaView], tokens: int) -> ReplicaView | None:
-        best, best_free = None, -1.0
+    def choose(self, replicas: list[ReplicaView], request: Request) -> ReplicaView | None:
+        tokens, best, best_free = request.context, None, -1.0
         for view in replicas:
             if not view.has_slot(self.max_engine_waiting):
                 continue
@@ -67,17 +71,24 @@ class PowerOfTwoRouting:
     def has_room(self, replicas: list[ReplicaView]) -> bool:
         return True
 
-    def choose(self, replicas: list[ReplicaView], tokens: int) -> ReplicaView | None:
-        usable = [v for v in replicas if v.can_ever_hold(tokens, self.headroom)]
+    def choose(self, replicas: list[ReplicaView], request: Request) -> ReplicaView | None:
+        usable = [v for v in replicas if v.can_ever_hold(request.context, self.headroom)]
         if not usable:
             return None
         picked = self.rng.sample(usable, min(2, len(usable)))
         return min(picked, key=lambda v: len(v.assigned))
 
 
-# global: the scheduler holds the only long queue (rankserve); power_of_two: the baseline.
+# global: the scheduler holds the only long queue (rankserve); power_of_two: the baseline;
+# prefix_aware: global, placing by prefix cache hits too; prefix_affinity: its baseline.
 ROUTINGS: Registry[type[Routing]] = Registry(
-    "routing", {"global": KVBalancedRouting, "power_of_two": PowerOfTwoRouting}
+    "routing",
+    {
+        "global": KVBalancedRouting,
+        "power_of_two": PowerOfTwoRouting,
+        "prefix_aware": PrefixAwareRouting,
+        "prefix_affinity": PrefixAffinityRouting,
+    },
 )
 
 

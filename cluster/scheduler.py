@@ -205,10 +205,10 @@ class Scheduler:
         headroom = self.config.kv_headroom_fraction
         priority = lambda r: self.queue.priority(r, now)  # noqa: E731
         for request in () if blocked else self._swaps.order(self.queue.ordered(now), priority):
-            view = self.routing.choose(replicas, context := request.context)
+            view = self.routing.choose(replicas, request)
             if view is not None:
                 dispatches.append(self._dispatch(request, view, now))
-            elif not any(v.can_ever_hold(context, headroom) for v in replicas):
+            elif not any(v.can_ever_hold(request.context, headroom) for v in replicas):
                 rejected.append(request)
             else:
                 blocked = True

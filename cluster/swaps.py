@@ -61,7 +61,7 @@ class Swaps:
             view = serving.get(view_id)
             if waiting.state is not RequestState.QUEUED or view is None:
                 continue
-            if routing.choose([view], waiting.context) is not None:
+            if routing.choose([view], waiting) is not None:
                 yield waiting, view
 
     def order(

@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cluster.admission import Refusal
+from cluster.config import EngineConfig
 from cluster.events import FinishReason
+from cluster.prefix_blocks import token_block_hashes
 from cluster.runtime.log_setup import bind_request
 from cluster.runtime.protocol import GenerateCall, SubmitRequest, TokenChunk
 from serve_app.lease_renewal import LeaseRenewal
@@ -122,9 +124,18 @@ class GenerationPath:
     # How long a request waits for a scheduler that died to come back before it fails.
     SCHEDULER_RETRY_S = 60.0
 
-    def __init__(self, scheduler: Any, scorer: Scorer, ingress_id: str | None = None) -> None:
+    def __init__(
+        self,
+        scheduler: Any,
+        scorer: Scorer,
+        ingress_id: str | None = None,
+        engine: EngineConfig | None = None,
+    ) -> None:
         self.scheduler = scheduler
         self.scorer = scorer
+        # The replicas' KV block size, at which the prompt's block hashes are computed for
+        # prefix-cache-aware routing.
+        self.block_size = (engine or EngineConfig()).block_size
         self.ingress_id = ingress_id or uuid.uuid4().hex[:12]
         self.lease = LeaseRenewal(self._heartbeat, self.LEASE_RENEW_S)
 
@@ -175,6 +186,7 @@ class GenerationPath:
             priority_hint=inp.priority_hint,
             ingress_id=self.ingress_id,
             arrival_wall=record.arrival,
+            block_hashes=token_block_hashes(inp.prompt_token_ids, self.block_size),
         )
         with trace.span("scheduler.submit") as span:
             refusal = await self._call("submit", submit)

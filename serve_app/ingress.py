@@ -97,7 +97,7 @@ class Ingress:
             self.config.scheduler, self.config.replica_specs()
         )
         self.scorer = scorer = make_scorer(self.config.predictor, self.config.logging)
-        self.path = GenerationPath(self.scheduler, scorer, ingress_id)
+        self.path = GenerationPath(self.scheduler, scorer, ingress_id, self.config.engine)
         self.metrics = ingress_metrics(self.config.metrics, self.path.ingress_id)
         self.request_log = (
             RequestLogWriter(self.config.request_log, self.config.request_log_max_bytes)

@@ -165,3 +165,24 @@ def test_stopping_early_does_not_change_what_happened_before(scenario, data):
     limit = finishes[k - 1] * data.draw(st.sampled_from([0.5, 1.0, 1.01]))
     timed = simulate(items, dataclasses.replace(config, time_limit_s=limit))
     assert sorted(t.finish for t in timed.timings) == [f for f in finishes if f <= limit]
+
+
+@fast(60)
+@given(scenarios(), st.data())
+def test_prefix_routings_finish_every_request_once_without_block_leaks(scenario, data):
+    """The same audit with prefix-cache-aware placement, and prompts that share trace blocks
+    (chained hash ids from a few conversations) as well as prompt text."""
+    items, config = scenario
+    routing = data.draw(st.sampled_from(["prefix_aware", "prefix_affinity"]))
+    conversation = data.draw(st.lists(st.sampled_from([None, 0, 1]), min_size=len(items)))
+    items = [
+        dataclasses.replace(item, hash_ids=None if c is None else (c, 10 + c))
+        for item, c in zip(items, conversation + [None] * len(items), strict=False)
+    ]
+    scheduler = dataclasses.replace(config.scheduler, routing=routing)
+    config = dataclasses.replace(config, scheduler=scheduler)
+    ledger = Ledger()
+    result = simulate(items, config, engine_factory=ledger.engine_factory)
+    assert_conserved(items, result, ledger)
+    assert result.metrics.completions == len(items)
+    event(f"prefix cache hit: {result.cached_tokens > 0}")

@@ -6,6 +6,7 @@ import pytest
 
 from cluster.workload.arrivals import ArrivalSpecError, arrival_times, replay_trace
 from cluster.workload.traces import TraceFormatError, TraceRow, load_trace
+from cluster.workload.workload import build_workload
 from tests.support import SHARED, needs_shared
 
 AZURE_CSV = """TIMESTAMP,ContextTokens,GeneratedTokens
@@ -29,10 +30,9 @@ def mooncake(tmp_path):
     rows = [(0, 100, 5), (2500, 200, 6), (1000, 300, 7), (10000, 400, 8)]  # unsorted on purpose
     with gzip.open(path, "wt") as f:
         for ts, i, o in rows:
+            ids = [0, ts]  # a second block per row, to see that they follow the sort
             f.write(
-                json.dumps(
-                    {"timestamp": ts, "input_length": i, "output_length": o, "hash_ids": [0, 1]}
-                )
+                json.dumps({"timestamp": ts, "input_length": i, "output_length": o, "hash_ids": ids})
                 + "\n"
             )
     return path
@@ -53,6 +53,14 @@ def test_mooncake_jsonl_gz_sorted_by_time(mooncake):
     assert list(trace.time_s) == [0, 1.0, 2.5, 10.0]
     assert list(trace.input_tokens) == [100, 300, 200, 400]
     assert list(trace.output_tokens) == [5, 7, 6, 8]
+    assert trace.hash_ids == ((0, 0), (0, 1000), (0, 2500), (0, 10000))
+
+
+def test_mooncake_hash_ids_reach_the_workload_and_azure_has_none(mooncake, azure):
+    items = build_workload(None, f"trace:{mooncake}", None, seed=0, lengths_from_trace=True)
+    assert [it.hash_ids for it in items] == [(0, 0), (0, 1000), (0, 2500), (0, 10000)]
+    items = build_workload(None, f"trace:{azure}", None, seed=0, lengths_from_trace=True)
+    assert all(it.hash_ids is None for it in items) and load_trace(azure).hash_ids is None
 
 
 def test_replay_and_scale(azure):

@@ -40,6 +40,9 @@ class SubmitRequest:
     priority_hint: int | None = None
     ingress_id: str = ""  # the ingress holding the client; its lease lapsing aborts the request
     arrival_wall: float = 0.0  # time.time() when the ingress took the request
+    # Chained hashes of the prompt's full KV blocks (cluster.prefix_blocks.token_block_hashes,
+    # at the replicas' block size), for prefix-cache-aware routing; () when not computed.
+    block_hashes: tuple[int, ...] = ()
 
     def to_request(self, arrival: float, generated: int) -> Request:
         """The core's request, arrived at `arrival` on the scheduler's clock, with `generated`
@@ -54,6 +57,7 @@ class SubmitRequest:
             slo=self.slo,
             tenant=self.tenant,
             priority_hint=self.priority_hint,
+            block_hashes=self.block_hashes or None,
         )
         request.generated = generated
         return request

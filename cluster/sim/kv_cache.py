@@ -1,28 +1,21 @@
 """Paged KV-cache accounting with automatic prefix caching, as vLLM allocates blocks.
 
 Blocks hold `block_size` tokens. A full block is known by what it holds (vLLM hashes the
-block-aligned token prefix): here a block of a request's prompt is `(prefix_key, index)`, so
-requests with the same prompt share it, and a block that holds generated tokens is
-`(request_id, index)`, so the same request finds it again when it resumes. Freed full blocks
-stay cached (still counted free) until an allocation evicts them, least recently freed first.
+block-aligned token prefix): here by `cluster.prefix_blocks.block_key`, the identity the
+scheduler's prefix index uses too (a prompt block by its chained hash, or by prompt text; a
+block of generated tokens by the request, which finds it again when it resumes). Freed full
+blocks stay cached (still counted free) until an allocation evicts them, least recently freed first.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Hashable
 
 from cluster.numbers import ceil_div
+from cluster.prefix_blocks import BlockKey, block_key
 from cluster.request import Request
 
-BlockKey = tuple[Hashable, int]
-
-
-def block_key(request: Request, index: int, block_size: int) -> BlockKey:
-    """Identity of the request's `index`-th full block of tokens."""
-    if request.prefix_key is not None and (index + 1) * block_size <= request.prompt_tokens:
-        return (request.prefix_key, index)
-    return (request.request_id, index)
+__all__ = ["BlockKey", "KVBlockPool", "block_key"]
 
 
 class KVBlockPool:

@@ -21,6 +21,7 @@ from cluster.clock import VirtualClock
 from cluster.config import EngineConfig, SchedulerConfig
 from cluster.latency_model import LatencyModel
 from cluster.metrics import RequestTiming, ServingMetrics, summarize, timing_of
+from cluster.prefix_blocks import TraceBlocks
 from cluster.request import Request, RequestState
 from cluster.scheduler import Scheduler
 from cluster.sim.autoscaling import SimAutoscaling
@@ -110,7 +111,10 @@ class SimulationResult:
         return out
 
 
-def to_request(item: WorkloadItem) -> Request:
+def to_request(item: WorkloadItem, block_size: int) -> Request:
+    """The core's request for a workload item; its prompt blocks are known by the item's
+    trace hash ids when it has them (cluster.prefix_blocks), else by its prompt text."""
+    hashes = item.hash_ids
     return Request(
         request_id=item.request_id,
         prompt_tokens=item.prompt_tokens,
@@ -122,6 +126,9 @@ def to_request(item: WorkloadItem) -> Request:
         slo=item.slo,
         tenant=item.tenant,
         prefix_key=item.prompt,
+        block_hashes=None
+        if hashes is None
+        else TraceBlocks(hashes, item.prompt_tokens, block_size),
     )
 
 
@@ -198,7 +205,10 @@ def simulate(
         )
     retired: list[SimulatedEngine] = []  # removed by autoscaling, counted in the totals
 
-    arrivals = sorted((to_request(item) for item in items), key=lambda r: r.arrival_time)
+    block_size = first_profile.block_size  # one block size across the profiles (all are 16)
+    arrivals = sorted(
+        (to_request(item, block_size) for item in items), key=lambda r: r.arrival_time
+    )
     busy: set[str] = set()
     steps: list[tuple[float, int, str, StepResult]] = []
     step_seq = 0

@@ -2,7 +2,9 @@
 
 Azure (Splitwise, CC-BY-4.0): header `TIMESTAMP,ContextTokens,GeneratedTokens`, wall-clock
 timestamps with 100 ns resolution. Mooncake (Apache-2.0): one JSON object per line with
-`timestamp` (ms, relative), `input_length`, `output_length`, `hash_ids`. The format is detected
+`timestamp` (ms, relative), `input_length`, `output_length`, `hash_ids` (the prompt's 512-token
+blocks, chained: equal ids at i mean the same first i + 1 blocks; kept for prefix caching,
+cluster.prefix_blocks.TraceBlocks). The format is detected
 from the content; plain, .gz and .xz files are accepted. Times are returned in seconds relative
 to the first request, rows sorted by time (stable, so equal timestamps keep file order).
 """
@@ -39,6 +41,7 @@ class Trace:
     time_s: np.ndarray  # float64, seconds since the first request, non-decreasing
     input_tokens: np.ndarray  # int64
     output_tokens: np.ndarray  # int64
+    hash_ids: tuple[tuple[int, ...], ...] | None = None  # Mooncake's, per row; None for Azure
 
     def __len__(self) -> int:
         return len(self.time_s)
@@ -61,7 +64,7 @@ class Trace:
         ]
 
 
-def _load_azure(f, path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _load_azure(f, path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, None]:
     reader = csv.reader(f)
     header = next(reader)
     missing = [c for c in AZURE_COLUMNS if c not in header]
@@ -83,11 +86,13 @@ def _load_azure(f, path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         t = np.array(stamps, dtype="datetime64[ns]").astype(np.int64)
     except ValueError as e:
         raise TraceFormatError(f"{path}: bad TIMESTAMP value ({e})") from None
-    return (t - t.min()) / 1e9, np.array(ins, np.int64), np.array(outs, np.int64)
+    return (t - t.min()) / 1e9, np.array(ins, np.int64), np.array(outs, np.int64), None
 
 
-def _load_mooncake(f, path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    ts, ins, outs = [], [], []
+def _load_mooncake(
+    f, path: Path
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[int, ...]]]:
+    ts, ins, outs, hashes = [], [], [], []
     for lineno, line in enumerate(f, start=1):
         if not line.strip():
             continue
@@ -96,13 +101,14 @@ def _load_mooncake(f, path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             ts.append(float(obj["timestamp"]))
             ins.append(int(obj["input_length"]))
             outs.append(int(obj["output_length"]))
+            hashes.append(tuple(int(h) for h in obj.get("hash_ids", ())))
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
             raise TraceFormatError(
                 f"{path}:{lineno}: bad Mooncake trace line (needs timestamp, input_length, "
                 f"output_length): {type(e).__name__}: {e}"
             ) from None
     t = np.array(ts, np.float64)
-    return (t - t.min()) / 1e3, np.array(ins, np.int64), np.array(outs, np.int64)
+    return (t - t.min()) / 1e3, np.array(ins, np.int64), np.array(outs, np.int64), hashes
 
 
 def load_trace(path: str | Path) -> Trace:
@@ -114,9 +120,9 @@ def load_trace(path: str | Path) -> Trace:
         first = f.readline()
         f.seek(0)
         if first.lstrip().startswith("{"):
-            fmt, (t, i, o) = "mooncake", _load_mooncake(f, path)
+            fmt, (t, i, o, h) = "mooncake", _load_mooncake(f, path)
         elif "TIMESTAMP" in first:
-            fmt, (t, i, o) = "azure", _load_azure(f, path)
+            fmt, (t, i, o, h) = "azure", _load_azure(f, path)
         else:
             raise TraceFormatError(
                 f"{path}: unknown trace format; expected an Azure 2023 CSV (header "
@@ -126,4 +132,5 @@ def load_trace(path: str | Path) -> Trace:
     if len(t) == 0:
         raise TraceFormatError(f"{path}: trace has no rows")
     order = np.argsort(t, kind="stable")
-    return Trace(path, fmt, t[order], i[order], o[order])
+    hash_ids = None if h is None else tuple(h[k] for k in order)
+    return Trace(path, fmt, t[order], i[order], o[order], hash_ids)

@@ -31,6 +31,9 @@ class WorkloadItem:
     predicted_tokens: float | None
     slo: str | None
     tenant: str | None
+    # The prompt's chained 512-token block hashes (a Mooncake trace's, or a prompt file's), for
+    # prefix caching; None: requests share blocks only when their prompt text is the same.
+    hash_ids: tuple[int, ...] | None = None
 
 
 def prompt_order(num_prompts: int, num_requests: int, seed: int) -> np.ndarray:
@@ -88,6 +91,7 @@ def build_workload(
                 predicted_tokens=None,
                 slo=None,
                 tenant=None,
+                hash_ids=trace.hash_ids[j] if trace.hash_ids is not None else None,
             )
             for i, j in enumerate(idx)
         ]
