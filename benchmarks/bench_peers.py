@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import dataclasses
 import json
+import subprocess
 import sys
 import time
 import traceback
@@ -91,7 +92,7 @@ def run_system(system, args, records, rate: list[float]) -> tuple[list[PeerResul
 
     burst = items("burst", args.burst_n, args.seed, args.max_output_tokens)
     results: list[PeerResult] = []
-    peer = system.policies == ("-",)
+    peer = system.peer
     started = time.monotonic()
     try:
         url = system.start()
@@ -126,22 +127,38 @@ def run_system(system, args, records, rate: list[float]) -> tuple[list[PeerResul
     return results, startup
 
 
+def commit() -> str:
+    """The checkout measured: its commit, "+changes" where files differ from it."""
+
+    def git(*a: str) -> str:
+        return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True).stdout
+
+    head = git("rev-parse", "--short", "HEAD").strip() or "unknown"
+    return head + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
 def measure(args) -> dict:
-    from benchmarks.peer_systems import EngineSettings, all_systems
+    from benchmarks.peer_systems import EngineSettings, External, all_systems
     from serve_app.tiny_model import build
 
     settings = EngineSettings(model=str(build()), replicas=args.replicas)
     records = workload_records(args.min_output_tokens)
     rate: list[float] = []
     results, startups, notes = [], {}, {}
-    for system in all_systems(settings, tuple(args.policies.split(","))):
+    systems = all_systems(settings, tuple(args.policies.split(",")))
+    if args.url:
+        systems = [External(args.label, "external", settings, peer=not args.ours, url=args.url)]
+    for system in systems:
         if args.systems and system.key not in args.systems.split(","):
             continue
         got, startups[system.name] = run_system(system, args, records, rate)
+        if args.url:
+            startups[system.name] = "already running: not measured"
         results += got
         if system.note:
             notes[system.name] = system.note
     return {
+        "commit": commit(),
         "settings": dataclasses.asdict(settings),
         "workload": {k: getattr(args, k) for k in WORKLOAD_ARGS},
         "rate": rate[0] if rate else None,
@@ -168,8 +185,8 @@ def body(data: dict) -> str:
         f"{data['rate']:.2f} req/s ("
         + ("given" if w["poisson_rate"] else f"{w['load']:g}x the first system's burst throughput")
         + "). "
-        "Latencies in seconds, TPOT in ms; ratios are over the best peer (lowest mean e2e "
-        "of the peers that completed every request).",
+        f"Commit {data['commit']}. Latencies in seconds, TPOT in ms; ratios are over the best "
+        "peer (lowest mean e2e of the peers that completed every request).",
     ]
     for workload in workloads:
         parts.append(f"**{workload}**\n\n" + table(results, workload))
@@ -198,6 +215,15 @@ def main(argv: list[str] | None = None) -> int:
         help="keys to run (default: all): vllm-rr,rayllm-pow2,rayllm-prefix,rankserve",
     )
     p.add_argument("--replicas", type=int, default=2)
+    p.add_argument(
+        "--url",
+        default=None,
+        help="measure only this running OpenAI-compatible endpoint (start nothing, stop nothing)",
+    )
+    p.add_argument("--label", default="external", help="its name in the report (with --url)")
+    p.add_argument(
+        "--ours", action="store_true", help="the --url endpoint is rankserve, not a peer"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per request")
     p.add_argument("--json-out", type=Path, default=ROOT / "runs" / "bench_peers.json")
@@ -215,10 +241,13 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if not args.no_report:
         cdf_plot([PeerResult(**r) for r in data["results"]], PLOT)
+        command = command_line()
+        if args.from_runs:
+            command = f"python -m benchmarks.bench_peers --no-report   # measured\n{command}"
         update_section(
             SECTION,
             "### Peers: rankserve against Ray Serve LLM and plain vLLM\n\n" + text,
-            command_line(),
+            command,
         )
     return 0 if all(not r["metrics"]["failed"] for r in data["results"]) else 1
 

@@ -110,6 +110,7 @@ class System:
     settings: EngineSettings
     policies: tuple[str, ...] = ("-",)
     note: str = ""  # what the report says of how it ran, once started
+    peer: bool = True  # one of those rankserve is compared against
 
     def start(self) -> str:
         raise NotImplementedError
@@ -292,6 +293,7 @@ class Rankserve(System):
     switched on the running cluster between runs (as `rankserve bench --policy` does)."""
 
     policies: tuple[str, ...] = ("fcfs", "ltr")
+    peer: bool = False
     _url: str = ""
 
     def start(self) -> str:
@@ -331,6 +333,20 @@ class Rankserve(System):
         from serve_app import launcher
 
         launcher.stop()
+
+
+@dataclass
+class External(System):
+    """A system already running, deployed by whoever runs the benchmark (e.g. on the cluster
+    that `ray job submit` runs it in): measured only, neither started nor stopped."""
+
+    url: str = ""
+
+    def start(self) -> str:
+        return self.url
+
+    def stop(self) -> None:
+        pass
 
 
 def all_systems(settings: EngineSettings, rankserve_policies: tuple[str, ...]) -> list[System]:

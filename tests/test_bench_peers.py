@@ -157,3 +157,75 @@ def test_the_proxy_needs_a_backend():
 
     with pytest.raises(ValueError, match="at least one backend"):
         make_app([])
+
+
+def _fake_openai_server():
+    """A tiny OpenAI-style streaming completions server in a thread of its own: one event per
+    token asked for, then the usage; returns (base URL, stop)."""
+    import threading
+
+    from aiohttp import web
+
+    async def completions(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await response.prepare(request)
+        for _ in range(body["max_tokens"]):
+            event = {"choices": [{"index": 0, "text": "x"}]}
+            await response.write(f"data: {json.dumps(event)}\n\n".encode())
+        usage = {"prompt_tokens": 3, "completion_tokens": body["max_tokens"]}
+        await response.write(f"data: {json.dumps({'choices': [], 'usage': usage})}\n\n".encode())
+        await response.write(b"data: [DONE]\n\n")
+        return response
+
+    async def models(request: web.Request) -> web.Response:
+        return web.json_response({"data": [{"id": "fake"}]})
+
+    app = web.Application()
+    app.router.add_post("/v1/completions", completions)
+    app.router.add_get("/v1/models", models)
+    loop = asyncio.new_event_loop()
+    ports: list[int] = []
+    ready = threading.Event()
+
+    def serve() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(_serve(app, ports))
+        ready.set()
+        loop.run_forever()
+
+    threading.Thread(target=serve, daemon=True).start()
+    assert ready.wait(10)
+    return f"http://127.0.0.1:{ports[0]}", lambda: loop.call_soon_threadsafe(loop.stop)
+
+
+def test_a_running_endpoint_is_measured_on_the_burst_then_poisson_at_the_burst_s_capacity():
+    _needs_aiohttp()
+    import argparse
+
+    from benchmarks.bench_peers import run_system, workload_records
+    from benchmarks.peer_systems import EngineSettings, External
+
+    url, stop = _fake_openai_server()
+    args = argparse.Namespace(
+        burst_n=5,
+        poisson_n=4,
+        seed=0,
+        max_output_tokens=20,
+        poisson_rate=None,
+        load=0.5,
+        timeout=30.0,
+    )
+    system = External("fake", "external", EngineSettings(model="-"), url=url)
+    rate: list[float] = []
+    try:
+        results, _ = run_system(system, args, workload_records(16), rate)
+    finally:
+        stop()
+    burst, poisson = results
+    assert (burst.workload, burst.peer, burst.metrics["completions"]) == ("burst", True, 5)
+    assert rate == [pytest.approx(0.5 * burst.metrics["throughput_rps"])]
+    assert poisson.workload == f"poisson:{rate[0]:.2f}" and poisson.metrics["completions"] == 4
+    assert not burst.errors and not poisson.errors
+    # Lengths forced from the prompt file, at least 16 tokens and capped at 20.
+    assert 16 * 5 <= burst.metrics["throughput_tps"] * burst.metrics["duration_s"] <= 20 * 5
