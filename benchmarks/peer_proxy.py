@@ -67,9 +67,11 @@ def make_app(backends: list[str]) -> web.Application:
             return response
 
     async def session(app: web.Application):
-        # No connection limit, no timeout: the client's timeouts are the ones that count.
+        # No connection limit, no timeout: the client's timeouts are the ones that count. A
+        # new connection for every request: reusing one that the server has just closed as
+        # idle (uvicorn: after 5 s) fails the request with ServerDisconnectedError; it did.
         app[_SESSION] = ClientSession(
-            connector=TCPConnector(limit=0), timeout=ClientTimeout(total=None)
+            connector=TCPConnector(limit=0, force_close=True), timeout=ClientTimeout(total=None)
         )
         yield
         await app[_SESSION].close()
