@@ -28,9 +28,12 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def init_ray(address: str, num_replicas: int, dashboard: bool = False) -> None:
+def init_ray(
+    address: str, num_replicas: int, dashboard: bool = False, num_cpus: int | None = None
+) -> None:
     """'local' starts a cluster of this machine (with the dashboard, `ray job submit` works
-    against it at http://127.0.0.1:8265); anything else joins one ('auto', ray://...)."""
+    against it at http://127.0.0.1:8265); anything else joins one ('auto', ray://...).
+    `num_cpus`: the local cluster's logical CPUs (default: enough for the replicas)."""
     import ray
 
     if address == "local":
@@ -54,7 +57,7 @@ def init_ray(address: str, num_replicas: int, dashboard: bool = False) -> None:
                 _node_ip_address="127.0.0.1",
                 # Logical CPUs: replicas take one each, the predictor half; on a small
                 # machine they share the cores anyway.
-                num_cpus=max(os.cpu_count() or 1, num_replicas + 2),
+                num_cpus=num_cpus or max(os.cpu_count() or 1, num_replicas + 2),
             )
         finally:
             ray_constants.ENABLE_RAY_CLUSTER = clusters
