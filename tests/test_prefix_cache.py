@@ -107,7 +107,7 @@ def test_the_host_tier_serves_what_the_device_cache_evicted():
     run_dispatch(engine, request("b", 100, 101, 1), 1, final=True)  # takes 7 of the 8 blocks
     # evicted from the device, but for the head (freed last block first, a prefix's tail goes)
     assert engine.kv.cached_prefix(a, 120) == [("a", 0)]
-    resumed = run_dispatch(engine, a, 20, final=True)
+    resumed = run_dispatch(engine, a, 8, final=True)  # 127 tokens at most: all 8 blocks
     first = resumed[0]
     assert first.started[0].cached_tokens == 7 * 16
     assert first.prefill_tokens == 120 - 7 * 16
@@ -127,6 +127,13 @@ def test_the_host_tier_evicts_the_least_recently_stored_block():
     r = request("x", 40, 41, 0, prefix_key="p")
     assert tier.hits(r, 0, 41, 16) == 1  # block 0 held, block 1 evicted
     assert tier.load(3) == 0.003
+
+
+def test_a_dispatch_the_whole_pool_cannot_hold_is_refused():
+    engine = make_engine(Ledger(), num_kv_blocks=8)  # 128 tokens
+    with pytest.raises(ValueError, match="need 9 KV blocks"):
+        engine.add(Dispatch(request("a", 100, 140, 0), engine.replica_id, 0, 30, True))
+    engine.add(Dispatch(request("b", 100, 140, 1), engine.replica_id, 0, 28, True))
 
 
 def test_recompute_counts_only_context_computed_before():

@@ -60,7 +60,7 @@ def test_booleans_and_lists_from_strings():
 
 def test_registries_list_choose_and_refuse_by_name():
     assert POLICIES.names == ("fcfs", "oracle", "ltr", "ssjf", "hrrn", "edf", "slo")
-    assert ROUTINGS.names == ("global", "power_of_two")
+    assert ROUTINGS.names == ("global", "power_of_two", "prefix_aware", "prefix_affinity")
     assert ENGINES.names == ("vllm", "simulated")
     assert POLICIES.parse_list(["ltr,fcfs", " ltr ", "oracle"]) == ["ltr", "fcfs", "oracle"]
     with pytest.raises(ValueError, match="unknown policy 'sjf'; choose one of fcfs, oracle"):

@@ -101,6 +101,14 @@ class SimulatedEngine:
         context = request.prompt_tokens + request.generated
         if context + 1 > self.config.max_model_len:
             raise ValueError(f"{request.request_id}: {context} tokens exceed max_model_len")
+        # Its last token is sampled from context + max_new - 1 computed tokens; a dispatch the
+        # whole pool cannot hold would preempt itself forever (vLLM refuses such a max_model_len).
+        peak_blocks = self.kv.blocks_for(context + dispatch.max_new_tokens - 1)
+        if peak_blocks > self.kv.num_blocks:
+            raise ValueError(
+                f"{request.request_id}: {dispatch.max_new_tokens} new tokens after {context} "
+                f"need {peak_blocks} KV blocks; replica {self.replica_id} has {self.kv.num_blocks}"
+            )
         seq = Sequence(request, dispatch.priority, context, dispatch.max_new_tokens, dispatch.final)
         seq.computed_before = request.generated > 0
         self._by_id[request.request_id] = seq
