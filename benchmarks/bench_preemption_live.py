@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.report import update_section  # noqa: E402
 from cluster.config import PreemptionConfig  # noqa: E402
 from cluster.request import Request  # noqa: E402
-from cluster.sim.kv_cache import KVBlockPool, block_key  # noqa: E402
+from cluster.sim.kv_cache import BlockTable, KVBlockPool  # noqa: E402
 
 SECTION = "live-preemption"
 LONG_PROMPT = "Please explain in great detail, with many examples, " * 12
@@ -48,8 +48,10 @@ def simulated_cached(context: int, block_size: int) -> int:
     request = Request("victim", context, 1, 0.0)
     computed = context - 1  # the last sampled token's KV is computed by the next step
     pool = KVBlockPool(context // block_size + 2, block_size)
-    held = pool.try_grow(0, computed)
-    pool.release(held, [block_key(request, i, block_size) for i in range(computed // block_size)])
+    table = BlockTable()
+    pool.try_grow(table, computed)
+    pool.commit(table, request, computed // block_size)
+    pool.release(table)
     return len(pool.cached_prefix(request, context)) * block_size
 
 

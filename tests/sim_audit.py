@@ -62,9 +62,16 @@ class AuditedEngine(SimulatedEngine):
         ledger, cfg, kv = self.ledger, self.config, self.kv
         ledger.steps += 1
 
-        held = sum(s.blocks for s in self.running)
+        # A shared block is held once, however many sequences reference it.
+        private = sum(s.table.private for s in self.running)
+        references = Counter(k for s in self.running for k in s.table.keys)
         assert 0 <= kv.free <= kv.num_blocks
-        assert kv.free + held == kv.num_blocks, "KV blocks neither free nor held by a request"
+        assert all(s.table.private >= 0 for s in self.running)
+        assert kv.free + private + len(references) == kv.num_blocks, (
+            "KV blocks neither free nor held by a request"
+        )
+        assert all(kv.references(k) == n for k, n in references.items()), "reference count off"
+        assert all(len(set(s.table.keys)) == len(s.table.keys) for s in self.running)
         assert 0 <= kv.cached <= kv.free, "more cached blocks than free ones"
         if not cfg.enable_prefix_caching:
             assert kv.cached == 0

@@ -9,7 +9,7 @@ from cluster.config import EngineConfig
 from cluster.dispatch import Dispatch
 from cluster.request import Request
 from cluster.sim.host_tier import HostKVTier, host_link_gb_s
-from cluster.sim.kv_cache import KVBlockPool, block_key
+from cluster.sim.kv_cache import BlockTable, KVBlockPool, block_key
 from tests.sim_audit import Ledger, make_engine
 
 
@@ -34,19 +34,56 @@ def run_dispatch(engine, r: Request, max_new: int, final: bool):
 def test_pool_keeps_freed_full_blocks_and_evicts_a_prefix_tail_first():
     pool = KVBlockPool(4, 16)
     r = request("a", 40, 41, 0)
-    held = pool.try_grow(0, 40)
-    keys = [block_key(r, i, 16) for i in range(2)]  # 2 full blocks; the third is partial
-    pool.release(held, keys)
-    assert pool.free == 4 and pool.cached == 2
+    table = BlockTable()
+    assert pool.try_grow(table, 40)
+    pool.commit(table, r, 2)  # 2 full blocks; the third is partial
+    keys = [block_key(r, i, 16) for i in range(2)]
+    assert table.keys == keys and table.private == 1 and pool.references(keys[0]) == 1
+    pool.release(table)
+    assert pool.free == 4 and pool.cached == 2 and pool.references(keys[0]) == 0
     assert pool.cached_prefix(r, 41) == keys
     assert pool.cached_prefix(r, 32) == keys[:1]  # one token is always left to compute
     # Taking 3 of the 2 empty blocks evicts one cached block: the tail, block 1.
-    other = pool.try_grow(0, 48)
-    assert other == 3 and pool.cached == 1 and pool.cached_prefix(r, 41) == keys[:1]
-    assert pool.try_grow(0, 17, pool.cached_prefix(r, 41)) is None  # 1 cached + 1 more: no room
+    other = BlockTable()
+    assert pool.try_grow(other, 48)
+    assert other.size == 3 and pool.cached == 1 and pool.cached_prefix(r, 41) == keys[:1]
+    # 1 cached + 1 more: no room
+    assert not pool.try_grow(BlockTable(), 17, pool.cached_prefix(r, 41))
     pool.release(other)
-    reused = pool.try_grow(0, 17, pool.cached_prefix(r, 41))
-    assert reused == 2 and pool.free == 2 and pool.cached == 0
+    reused = BlockTable()
+    assert pool.try_grow(reused, 17, pool.cached_prefix(r, 41))
+    assert reused.size == 2 and pool.free == 2 and pool.cached == 0
+
+
+def test_a_running_requests_full_blocks_are_shared_and_held_once():
+    pool = KVBlockPool(8, 16)
+    a, b = request("a", 50, 60, 0, "p"), request("b", 50, 60, 1, "p")
+    ta = BlockTable()
+    assert pool.try_grow(ta, 50)
+    pool.commit(ta, a, 3)
+    hits = pool.cached_prefix(b, 50)
+    assert hits == ta.keys and len(hits) == 3  # in use by a, not cached: found all the same
+    tb = BlockTable()
+    assert pool.try_grow(tb, 50, hits)
+    assert tb.size == 4 and tb.private == 1 and pool.used == 5  # 3 shared + a partial each
+    assert pool.references(hits[0]) == 2
+    pool.release(ta)
+    assert pool.used == 4 and pool.cached == 0 and pool.references(hits[0]) == 1
+    pool.release(tb)
+    assert pool.free == 8 and pool.cached == 3
+
+
+def test_a_twin_computed_alongside_keeps_its_copy_private():
+    pool = KVBlockPool(8, 16)
+    a, c = request("a", 32, 40, 0, "p"), request("c", 32, 40, 1, "p")
+    ta, tc = BlockTable(), BlockTable()
+    assert pool.try_grow(ta, 32) and pool.try_grow(tc, 32)
+    pool.commit(ta, a, 2)
+    pool.commit(tc, c, 2)  # the same prefix, computed in the same step: a's copy is the known one
+    assert tc.keys == [] and tc.private == 2 and pool.references(ta.keys[0]) == 1
+    pool.release(tc)
+    pool.release(ta)
+    assert pool.free == 8 and pool.cached == 2
 
 
 def test_a_resumed_request_prefills_only_its_uncached_tail():
@@ -73,6 +110,21 @@ def test_requests_with_the_same_prompt_share_its_blocks_but_not_their_answers():
     assert res[0].started[0].cached_tokens == 48  # the prompt's 3 full blocks, not a's answer
     c = request("c", 50, 60, 2, "other")
     assert run_dispatch(engine, c, 10, final=True)[0].prefill_tokens == 50
+
+
+def test_a_request_shares_the_prompt_blocks_of_one_still_running():
+    engine = make_engine(Ledger(), enable_prefix_caching=True, num_kv_blocks=16)
+    a, b = request("a", 50, 90, 0, "p"), request("b", 50, 90, 1, "p")
+    engine.add(Dispatch(a, engine.replica_id, 0, 40, True))
+    assert engine.step().prefill_tokens == 50
+    engine.add(Dispatch(b, engine.replica_id, 0, 40, True))
+    res = engine.step()
+    assert res.started[0] is engine.running[1] and res.started[0].cached_tokens == 48
+    assert res.prefill_tokens == 2  # a's prompt blocks, computed and still in use, are shared
+    assert engine.kv.used == 4 + 1  # a: 3 shared + its tail; b: its own tail only
+    while engine.has_work():
+        engine.step()
+    assert engine.kv.free == 16
 
 
 def test_without_prefix_caching_nothing_is_cached():

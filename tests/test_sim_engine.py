@@ -10,7 +10,7 @@ from cluster.dispatch import Dispatch
 from cluster.events import FinishReason
 from cluster.request import Request
 from cluster.sim.engine import SimulatedEngine
-from cluster.sim.kv_cache import KVBlockPool
+from cluster.sim.kv_cache import BlockTable, KVBlockPool
 from tests.sim_audit import STEP_TIME, AuditedEngine, Ledger, make_engine
 
 
@@ -59,15 +59,16 @@ def test_kv_pool_counts_blocks_and_refuses_without_taking():
     pool = KVBlockPool(4, 16)
     assert pool.blocks_for(0) == 0 and pool.blocks_for(1) == 1 and pool.blocks_for(16) == 1
     assert pool.blocks_for(17) == 2
-    held = pool.try_grow(0, 33)
-    assert held == 3 and pool.free == 1 and pool.used == 3
-    assert pool.try_grow(held, 48) == 3 and pool.free == 1  # same blocks cover it
-    assert pool.try_grow(held, 65) is None and pool.free == 1  # needs 2 more: nothing taken
-    assert pool.try_grow(held, 64) == 4 and pool.free == 0
-    pool.release(4)
-    assert pool.free == 4
+    table = BlockTable()
+    assert pool.try_grow(table, 33)
+    assert table.size == 3 and pool.free == 1 and pool.used == 3
+    assert pool.try_grow(table, 48) and table.size == 3 and pool.free == 1  # same blocks
+    assert not pool.try_grow(table, 65) and table.size == 3 and pool.free == 1  # nothing taken
+    assert pool.try_grow(table, 64) and table.size == 4 and pool.free == 0
+    pool.release(table)
+    assert pool.free == 4 and table.size == 0
     with pytest.raises(RuntimeError, match="released more blocks"):
-        pool.release(1)
+        pool.release(BlockTable(private=1))
     with pytest.raises(ValueError):
         KVBlockPool(0, 16)
 

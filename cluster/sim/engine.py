@@ -5,8 +5,9 @@ what it still needs (a decode token, or the next prefill chunk) from the step's 
 when the KV cache cannot grow, the lowest-priority running request is preempted by recompute
 (its blocks freed, its tokens recomputed when it is readmitted). Only if nothing was preempted,
 waiting requests are admitted in priority order while slots, budget and blocks last (chunked
-prefill). With prefix caching on, a (re)admitted request starts from the cached blocks of its
-prefix (`cluster.sim.kv_cache`) and computes only the rest. The step's duration comes from the
+prefill). With prefix caching on, a (re)admitted request starts from the known blocks of its
+prefix, cached or shared with requests running now (`cluster.sim.kv_cache`), and computes only
+the rest; the full blocks it schedules are shared from then on. The step's duration comes from the
 calibrated step-time model.
 """
 
@@ -18,10 +19,11 @@ from dataclasses import dataclass, field
 from cluster.config import EngineConfig
 from cluster.dispatch import Dispatch
 from cluster.events import EngineEvents, FinishReason
+from cluster.prefix_blocks import block_keys
 from cluster.replicas import ReplicaLoad
 from cluster.request import Request
 from cluster.sim.host_tier import HostKVTier
-from cluster.sim.kv_cache import BlockKey, KVBlockPool, block_key
+from cluster.sim.kv_cache import BlockTable, KVBlockPool
 from cluster.sim.step_time import StepTimeModel
 
 
@@ -36,11 +38,15 @@ class Sequence:
     final: bool  # the dispatch's end is the request's end (else a slice)
     new_tokens: int = 0
     num_computed: int = 0
-    blocks: int = 0
+    table: BlockTable = field(default_factory=BlockTable)
     admitted: bool = False  # running since its last (re)admission
     ended_early: bool = False  # the scheduler cut the dispatch short (`end_early`)
     cached_tokens: int = 0  # found in the prefix cache (or host tier) at its last admission
     computed_before: bool = False  # its context was computed once (a resume recomputes it)
+
+    @property
+    def blocks(self) -> int:
+        return self.table.size
 
     @property
     def num_tokens(self) -> int:
@@ -138,16 +144,18 @@ class SimulatedEngine:
         return True
 
     def _free(self, seq: Sequence) -> None:
-        """Release the sequence's blocks; with prefix caching, its computed full blocks stay
-        cached."""
-        keys: list[BlockKey] = []
+        """Release the sequence's blocks (its shared ones stay cached once nobody holds them);
+        the host tier keeps a copy of its computed full blocks."""
+        if self.host is not None and self.config.enable_prefix_caching:
+            self.host.store(block_keys(seq.request, seq.num_computed, self.kv.block_size))
+        self.kv.release(seq.table)
+
+    def _commit(self, seq: Sequence, scheduled: int) -> None:
+        """With prefix caching, share the full blocks this step computes from now on, as
+        vLLM registers them when it schedules them."""
         if self.config.enable_prefix_caching:
-            size = self.kv.block_size
-            keys = [block_key(seq.request, i, size) for i in range(seq.num_computed // size)]
-            if self.host is not None:
-                self.host.store(keys)
-        self.kv.release(seq.blocks, keys)
-        seq.blocks = 0
+            full = (seq.num_computed + scheduled) // self.kv.block_size
+            self.kv.commit(seq.table, seq.request, full)
 
     def has_work(self) -> bool:
         return bool(self.running or self._waiting)
@@ -198,9 +206,8 @@ class SimulatedEngine:
             seq = self.running[i]
             want = min(seq.num_tokens - seq.num_computed, chunk_cap, budget)
             while True:
-                grown = kv.try_grow(seq.blocks, seq.num_computed + want)
-                if grown is not None:
-                    seq.blocks = grown
+                if kv.try_grow(seq.table, seq.num_computed + want):
+                    self._commit(seq, want)
                     break
                 victim = max(self.running, key=lambda s: s.order)
                 if victim is not seq:
@@ -233,11 +240,11 @@ class SimulatedEngine:
                     loaded = self.host.hits(seq.request, len(hits), seq.num_tokens, kv.block_size)
                 computed = (len(hits) + loaded) * kv.block_size  # waiting ones hold no blocks
                 want = min(seq.num_tokens - computed, chunk_cap, budget)
-                grown = kv.try_grow(0, computed + want, hits)
-                if grown is None:
+                if not kv.try_grow(seq.table, computed + want, hits):
                     break
                 heapq.heappop(waiting)
-                seq.blocks, seq.num_computed, seq.cached_tokens = grown, computed, computed
+                seq.num_computed = seq.cached_tokens = computed
+                self._commit(seq, want)
                 if loaded:
                     load_s += self.host.load(loaded)
                 if caching:
