@@ -6,10 +6,14 @@ a request only with a free slot and KV headroom after it, as `global`), choosing
 replicas with room by a score that weighs the expected cache hit against load, as llm-d's
 scorers do (prefix : queue : KV about 2 : 2 : 1 there):
 
-    prefix_weight * (context tokens cached there / context tokens)
+    prefix_weight * (context tokens cached there - prefill tokens queued there) / context tokens
     + kv_weight * (free KV fraction) + queue_weight * (1 - requests held / slots)
 
-With no hit anywhere it is `global` (KV balance). A request resumed after a slice end or a
+The prefix term is the request's time to first token there, in units of its own prefill: the
+prefill it would wait for (what it placed there and is not through its prefill yet, less what
+each of those found cached, as estimated when placed) plus its own uncached part. So a replica
+whose cache holds the prefix but whose engine is busy prefilling others loses to an idle one
+that must recompute it. With no hit and no prefill queued anywhere it is `global` (KV balance). A request resumed after a slice end or a
 preemption finds its own generated blocks, as well as its prompt's, on the replica it ran on,
 so it goes back there when that one has room: it continues where its KV is.
 
@@ -25,6 +29,7 @@ is in characters of prompt text.
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from cluster.prefix_blocks import BlockKey, block_keys
@@ -49,42 +54,77 @@ class _Keys:
         return self._by_size[block_size]
 
 
+@dataclass(slots=True)
+class _Prefill:
+    """A request placed on a replica, until the first token of that dispatch."""
+
+    request: Request
+    replica_id: str
+    dispatch: int  # the request's num_dispatches once dispatched there
+    uncached_tokens: int
+
+    def pending(self) -> bool:
+        r = self.request
+        return (
+            r.replica_id == self.replica_id
+            and r.num_dispatches == self.dispatch
+            and r.generated == r.dispatch_start_tokens
+            and not r.state.is_terminal
+        )
+
+
 class PrefixAwareRouting:
     def __init__(self, config: SchedulerConfig) -> None:
         self.headroom = config.kv_headroom_fraction
         self.max_engine_waiting = config.max_engine_waiting
         self.weights = config.prefix
         self.index = PrefixIndex()
+        self._prefills: list[_Prefill] = []
 
     def has_room(self, replicas: list[ReplicaView]) -> bool:
         self.index.retain(v.replica_id for v in replicas)
         return any(v.has_slot(self.max_engine_waiting) for v in replicas)
 
-    def score(self, view: ReplicaView, cached_tokens: int, tokens: int) -> float:
+    def queued_prefill(self) -> dict[str, int]:
+        """Per replica, prefill tokens of the requests placed there that have no first token
+        yet (each less what it was expected to find cached)."""
+        self._prefills = [p for p in self._prefills if p.pending()]
+        queued: dict[str, int] = {}
+        for p in self._prefills:
+            queued[p.replica_id] = queued.get(p.replica_id, 0) + p.uncached_tokens
+        return queued
+
+    def score(
+        self, view: ReplicaView, cached_tokens: int, queued_tokens: int, tokens: int
+    ) -> float:
         w = self.weights
         slots = view.max_num_seqs + self.max_engine_waiting
         if view.slot_limit is not None:
             slots = min(slots, view.slot_limit)
-        hit = cached_tokens / max(1, tokens)
+        gain = (cached_tokens - queued_tokens) / max(1, tokens)
         free = view.free_blocks / view.total_kv_blocks
         idle = 1.0 - len(view.assigned) / max(1, slots)
-        return w.prefix_weight * hit + w.kv_weight * free + w.queue_weight * idle
+        return w.prefix_weight * gain + w.kv_weight * free + w.queue_weight * idle
 
     def choose(self, replicas: list[ReplicaView], request: Request) -> ReplicaView | None:
         tokens = request.context
         keys = _Keys(request, tokens)
-        best, best_score = None, float("-inf")
+        queued = self.queued_prefill()
+        best, best_score, best_cached = None, float("-inf"), 0
         for view in replicas:
             if not view.has_slot(self.max_engine_waiting):
                 continue
             if view.free_blocks - view.blocks_for(tokens) < self.headroom * view.total_kv_blocks:
                 continue
             cached = self.index.matched(view.replica_id, keys(view.block_size)) * view.block_size
-            score = self.score(view, cached, tokens)
+            score = self.score(view, cached, queued.get(view.replica_id, 0), tokens)
             if score > best_score:
-                best, best_score = view, score
+                best, best_score, best_cached = view, score, cached
         if best is not None:  # the scheduler dispatches it there
             self.index.record(best.replica_id, keys(best.block_size), best.total_kv_blocks)
+            self._prefills.append(
+                _Prefill(request, best.replica_id, request.num_dispatches + 1, tokens - best_cached)
+            )
         return best
 
 

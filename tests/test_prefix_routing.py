@@ -147,6 +147,24 @@ def test_a_much_busier_hit_replica_loses_to_an_idle_one_when_the_hit_is_small():
     assert place(sched, "r2", prompt=640, hashes=SHARED[:2] + tuple(range(200, 238))) == other
 
 
+def test_a_hit_replica_still_prefilling_others_loses_to_an_idle_one_until_they_start():
+    sched, _ = two_replicas()
+    first = place(sched, "r1", hashes=SHARED)
+    run_through(sched, "r1", 4)
+    other = "b" if first == "a" else "a"
+    # A long request with no shared prefix lands on the hit replica (most free KV there)...
+    report_load(sched, first, TOTAL, TOTAL)
+    report_load(sched, other, TOTAL - 100, TOTAL)
+    assert place(sched, "long", prompt=2000, hashes=tuple(range(300, 425))) == first
+    report_load(sched, other, TOTAL, TOTAL)
+    # ...so a request that finds its 320 tokens cached there would wait behind 2,000 tokens of
+    # prefill: the idle replica, recomputing them, gives it the earlier first token.
+    assert place(sched, "r2", hashes=SHARED) == other
+    # Once the long one has its first token, the hit replica wins again.
+    sched.apply(events(first, started=["long"], tokens={"long": 1}))
+    assert place(sched, "r3", hashes=SHARED + (7,)) == first
+
+
 def test_a_request_resumed_after_a_slice_goes_back_where_its_kv_is():
     sched, _ = two_replicas(slice_tokens=64)
     sched.submit(make_request("long", prompt=320, output=200))  # no shared prefix at all
