@@ -21,6 +21,9 @@ from pathlib import Path
 
 import httpx
 
+from cluster.runtime.spec import vllm_engine_env
+from serve_app.launcher import wait_http
+
 ROOT = Path(__file__).resolve().parent.parent
 READY_TIMEOUT_S = 600.0
 LOOPBACK = "127.0.0.1"
@@ -42,16 +45,9 @@ class EngineSettings:
 
 
 def engine_env(settings: EngineSettings, name: str, bind: str) -> dict[str, str]:
-    """One engine's environment: its own caches and temp files (sharing them between engines
-    races), the KV space, and its OpenMP binding ("0", "1", or "nobind")."""
-    base = Path(settings.work_dir) / name
-    env = {
-        "VLLM_CACHE_ROOT": str(base / "vllm-cache"),
-        "TORCHINDUCTOR_CACHE_DIR": str(base / "inductor"),
-        "TMPDIR": str(base / "tmp"),
-        "VLLM_CPU_KVCACHE_SPACE": str(settings.kv_cache_gib),
-        "VLLM_CPU_OMP_THREADS_BIND": bind,
-    }
+    """One engine's environment, as rankserve's replicas get it (the directories made, as a
+    plain vLLM server does not make them), with its OpenMP binding ("0", "1", or "nobind")."""
+    env = vllm_engine_env(Path(settings.work_dir) / name, (settings.kv_cache_gib, bind))
     if bind == "nobind":  # one OpenMP thread, placed by the OS, as a bound engine has
         env["OMP_NUM_THREADS"] = "1"
     for var in ("VLLM_CACHE_ROOT", "TORCHINDUCTOR_CACHE_DIR", "TMPDIR"):
@@ -62,20 +58,6 @@ def engine_env(settings: EngineSettings, name: str, bind: str) -> dict[str, str]
 def one_core_each(n: int) -> list[str]:
     cores = sorted(os.sched_getaffinity(0))
     return [str(cores[i % len(cores)]) for i in range(n)]
-
-
-def wait_http(url: str, timeout: float, ok=lambda r: r.status_code == 200) -> None:
-    deadline, last = time.monotonic() + timeout, "no answer"
-    while time.monotonic() < deadline:
-        try:
-            r = httpx.get(url, timeout=5)
-            if ok(r):
-                return
-            last = f"HTTP {r.status_code} {r.text[:200]}"
-        except httpx.HTTPError as e:
-            last = str(e)
-        time.sleep(0.5)
-    raise TimeoutError(f"{url} not ready after {timeout:.0f} s: {last}")
 
 
 def leftover_children(timeout: float = 60.0) -> list[str]:
@@ -199,7 +181,7 @@ class RayServeLLM(System):
                 raise RuntimeError(f"Ray Serve LLM did not start: {status.message}")
             time.sleep(0.5)
         url = f"http://{LOOPBACK}:{self._port}"
-        wait_http(f"{url}/v1/models", 120)
+        wait_http(f"{url}/v1/models", 120, interval=0.5)
         return url
 
     def stop(self) -> None:
@@ -267,7 +249,7 @@ class VllmPair(System):
             if dead:
                 raise RuntimeError(f"{dead} exited; logs in {self.settings.work_dir}/{self.key}")
             try:
-                wait_http(url, 2.0)
+                wait_http(url, 2.0, interval=0.5)
                 return
             except TimeoutError:
                 if time.monotonic() > deadline:

@@ -7,6 +7,7 @@ import contextlib
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,8 +96,14 @@ def start(
     return endpoints
 
 
-def wait_ready(url: str, timeout: float, headers: dict[str, str] | None = None) -> None:
-    """Until every engine replica is up (GET /ready says so; `headers` carry an API key)."""
+def wait_http(
+    url: str,
+    timeout: float,
+    ok: Callable[[Any], bool] = lambda r: r.status_code == 200,
+    headers: dict[str, str] | None = None,
+    interval: float = 1.0,
+) -> None:
+    """Poll GET `url` until `ok(response)`; TimeoutError with the last answer after `timeout`."""
     import httpx
 
     deadline = time.monotonic() + timeout
@@ -104,13 +111,22 @@ def wait_ready(url: str, timeout: float, headers: dict[str, str] | None = None) 
     while time.monotonic() < deadline:
         try:
             r = httpx.get(url, timeout=5, headers=headers)
-            if r.status_code == 200 and r.json()["replicas_up"] == r.json()["replicas"]:
+            if ok(r):
                 return
-            last = r.text
+            last = f"HTTP {r.status_code} {r.text[:200]}"
         except httpx.HTTPError as e:
             last = str(e)
-        time.sleep(1.0)
-    raise TimeoutError(f"rankserve not ready after {timeout:.0f} s: {last}")
+        time.sleep(interval)
+    raise TimeoutError(f"{url} not ready after {timeout:.0f} s: {last}")
+
+
+def wait_ready(url: str, timeout: float, headers: dict[str, str] | None = None) -> None:
+    """Until every engine replica is up (GET /ready says so; `headers` carry an API key)."""
+
+    def all_up(r: Any) -> bool:
+        return r.status_code == 200 and r.json()["replicas_up"] == r.json()["replicas"]
+
+    wait_http(url, timeout, all_up, headers)
 
 
 def scheduler() -> Any:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
+
+from cluster.runtime.log_setup import PACKAGES
 
 
 @pytest.fixture(scope="module")
@@ -18,3 +22,16 @@ def ray_local():
     )
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture
+def our_loggers():
+    """An EngineReplica sets up our loggers (log_setup): put them back afterwards."""
+    saved = {n: logging.getLogger(n) for n in PACKAGES}
+    state = {n: (list(lg.handlers), lg.level, lg.propagate) for n, lg in saved.items()}
+    yield
+    for name, (handlers, level, propagate) in state.items():
+        lg = saved[name]
+        lg.handlers[:] = handlers
+        lg.setLevel(level)
+        lg.propagate = propagate

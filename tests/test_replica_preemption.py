@@ -16,25 +16,13 @@ from cluster.events import FinishReason  # noqa: E402
 from cluster.runtime.early_ends import EarlyEndDelivery  # noqa: E402
 from cluster.runtime.lease_watch import CLIENT_GONE, LeaseWatch  # noqa: E402
 from cluster.runtime.leases import IngressLeases  # noqa: E402
-from cluster.runtime.log_setup import PACKAGES  # noqa: E402
 from cluster.runtime.protocol import GenerateCall, SubmitRequest, TokenChunk  # noqa: E402
 from cluster.runtime.replica import EngineReplica  # noqa: E402
 from cluster.runtime.spec import ReplicaConfig, ReplicaSpec  # noqa: E402
 from cluster.swaps import EarlyEnd  # noqa: E402
 from serve_app.config import ServeConfig  # noqa: E402
 
-
-@pytest.fixture(autouse=True)
-def our_loggers():
-    """An EngineReplica sets up our loggers (log_setup): put them back afterwards."""
-    saved = {n: logging.getLogger(n) for n in PACKAGES}
-    state = {n: (list(lg.handlers), lg.level, lg.propagate) for n, lg in saved.items()}
-    yield
-    for name, (handlers, level, propagate) in state.items():
-        lg = saved[name]
-        lg.handlers[:] = handlers
-        lg.setLevel(level)
-        lg.propagate = propagate
+pytestmark = pytest.mark.usefixtures("our_loggers")
 
 
 def call(rid: str, dispatch_no: int, max_new: int, generated: int = 0) -> GenerateCall:

@@ -6,7 +6,6 @@ it; the settings' resolution from the config and the OTEL_* variables; and traci
 from __future__ import annotations
 
 import asyncio
-import logging
 
 import pytest
 
@@ -23,7 +22,6 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import (  # noqa: E4
 )
 from opentelemetry.trace import StatusCode  # noqa: E402
 
-from cluster.runtime.log_setup import PACKAGES  # noqa: E402
 from cluster.runtime.protocol import GenerateCall, SubmitRequest  # noqa: E402
 from cluster.runtime.replica import EngineReplica  # noqa: E402
 from cluster.runtime.spec import ReplicaConfig, ReplicaSpec  # noqa: E402
@@ -49,19 +47,6 @@ OTEL_VARS = (
 def no_otel_env(monkeypatch):
     for var in OTEL_VARS:
         monkeypatch.delenv(var, raising=False)
-
-
-@pytest.fixture
-def our_loggers():
-    """An EngineReplica sets up our loggers (log_setup): put them back afterwards."""
-    saved = {n: logging.getLogger(n) for n in PACKAGES}
-    state = {n: (list(lg.handlers), lg.level, lg.propagate) for n, lg in saved.items()}
-    yield
-    for name, (handlers, level, propagate) in state.items():
-        lg = saved[name]
-        lg.handlers[:] = handlers
-        lg.setLevel(level)
-        lg.propagate = propagate
 
 
 def sim_replica(tracer: Tracer | None = None) -> EngineReplica:

@@ -89,19 +89,26 @@ class ReplicaSpec:
         if cfg.kind == "vllm" and cfg.device == "gpu":
             opts["num_gpus"] = 1
         if cfg.kind == "vllm":
-            base = Path(cfg.work_dir) / self.replica_id
-            env = {
-                # vLLM and torch.compile write caches and sockets; sharing them between engines
-                # on one host races.
-                "VLLM_CACHE_ROOT": str(base / "vllm-cache"),
-                "TORCHINDUCTOR_CACHE_DIR": str(base / "inductor"),
-                "TMPDIR": str(base / "tmp"),
-            }
-            if cfg.device == "cpu":
-                env["VLLM_CPU_KVCACHE_SPACE"] = str(cfg.kv_cache_gib)
-                env["VLLM_CPU_OMP_THREADS_BIND"] = self.cpu_threads_bind
+            cpu = (cfg.kv_cache_gib, self.cpu_threads_bind) if cfg.device == "cpu" else None
+            env = vllm_engine_env(Path(cfg.work_dir) / self.replica_id, cpu)
             opts["runtime_env"] = {"env_vars": env}
         return opts
+
+
+def vllm_engine_env(base: Path, cpu: tuple[float, str] | None) -> dict[str, str]:
+    """One vLLM engine's environment: its own caches and temp files under `base` (vLLM and
+    torch.compile write caches and sockets; sharing them between engines on one host races),
+    and on CPU, `cpu` = (KV cache GiB, OpenMP binding: cores such as "0", or "nobind")."""
+    env = {
+        "VLLM_CACHE_ROOT": str(base / "vllm-cache"),
+        "TORCHINDUCTOR_CACHE_DIR": str(base / "inductor"),
+        "TMPDIR": str(base / "tmp"),
+    }
+    if cpu is not None:
+        kv_cache_gib, bind = cpu
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(kv_cache_gib)
+        env["VLLM_CPU_OMP_THREADS_BIND"] = bind
+    return env
 
 
 def replica_specs(
