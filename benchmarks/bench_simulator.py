@@ -11,6 +11,8 @@
            replicas and on a mixed A100 + H100 cluster (needs ../shared/datasets)
   preemption  ltr without and with scheduler-driven preemption (recompute, prefix-cache
            retention, host offload): bursts on 1 replica, two traces on 4 (../shared/datasets)
+  prefix   prefix-cache-aware placement against KV-only, a PrefixCacheAffinityRouter model and
+           power of two, on Mooncake's conversation trace, 4 and 8 replicas (../shared/datasets)
 
 Prints the figures and writes them to docs/benchmarks.md.
 
@@ -19,6 +21,7 @@ Prints the figures and writes them to docs/benchmarks.md.
     python -m benchmarks.bench_simulator predictor
     python -m benchmarks.bench_simulator routing
     python -m benchmarks.bench_simulator preemption
+    python -m benchmarks.bench_simulator prefix
 """
 
 from __future__ import annotations
@@ -147,9 +150,11 @@ def results() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("which", choices=["speed", "results", "predictor", "routing", "preemption"])
     parser.add_argument(
-        "--seeds", type=int, default=None, help="runs per case (predictor: 5, routing: 3)"
+        "which", choices=["speed", "results", "predictor", "routing", "preemption", "prefix"]
+    )
+    parser.add_argument(
+        "--seeds", type=int, default=None, help="runs per case (predictor: 5, routing, prefix: 3)"
     )
     args = parser.parse_args()
     if args.which == "predictor":
@@ -164,6 +169,10 @@ def main() -> None:
         from benchmarks.sim_preemption import preemption
 
         preemption(args.seeds or 5)
+    elif args.which == "prefix":
+        from benchmarks.sim_prefix import prefix
+
+        prefix(args.seeds or 3)
     else:
         {"speed": speed, "results": results}[args.which]()
 

@@ -131,8 +131,11 @@ def register(
         choices=ROUTINGS.names,
         default="global",
         help="global: one cluster-wide queue, dispatched in policy order to replicas with room "
-        "(rankserve); power_of_two: Ray Serve's default router, each request sent at once to the "
-        "less busy of two random replicas, which queue for themselves (the baseline)",
+        "(rankserve); prefix_aware: the same queue, placed by expected prefix-cache hit against "
+        "queued prefill, KV and slots (use with --prefix-caching); power_of_two: Ray Serve's "
+        "default router, each request sent at once to the less busy of two random replicas, "
+        "which queue for themselves (the baseline); prefix_affinity: a model of Ray Serve LLM's "
+        "PrefixCacheAffinityRouter",
     )
     s.add_argument(
         "--kv-headroom",

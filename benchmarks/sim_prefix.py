@@ -1,0 +1,120 @@
+"""`python -m benchmarks.bench_simulator prefix`: prefix-cache-aware placement on Mooncake's
+conversation trace (issue 15; needs ../shared/datasets).
+
+Mooncake's trace carries each prompt's chained 512-token block hashes (`hash_ids`): the turns
+of a conversation share their history, so a replica that served a turn holds most of the next
+one's prefill. The rows that fit Llama-3-8B's 8,192-token context, replayed at 0.5x and 0.9x
+the rate where the queue of KV-only placement starts to grow, on 4 and 8 a100-llama3-8b replicas with
+vLLM's prefix caching (a realistic KV budget: the profile's, about 60 GiB of an A100's 80 after
+weights and activations). fcfs everywhere, so that only placement differs:
+
+- global: rankserve's cluster-wide queue with KV-only placement (most free KV);
+- prefix_aware: the same queue, placed by expected cache hit, KV and queue (cluster.prefix_routing);
+- prefix_affinity: a model of Ray Serve LLM's PrefixCacheAffinityRouter (replica queues);
+- power_of_two: Ray Serve's default router.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from tqdm import tqdm
+
+from benchmarks.report import update_section
+from benchmarks.sim_preemption import MOONCAKE_CONV, PROFILE, trace_window
+from cluster.config import EngineConfig, PolicyConfig, SchedulerConfig
+from cluster.sim.simulator import SimulationConfig, SimulationResult, simulate
+from cluster.sim.step_time import load_profile
+from cluster.workload.datasets import default_shared_dir
+from cluster.workload.workload import WorkloadItem
+
+ROUTINGS = ("global", "prefix_aware", "prefix_affinity", "power_of_two")
+LOADS = (0.5, 0.9)
+
+
+def run(items: list[WorkloadItem], routing: str, replicas: int, seed: int) -> SimulationResult:
+    scheduler = SchedulerConfig(
+        policy=PolicyConfig(name="fcfs"), routing=routing, routing_seed=seed
+    )
+    engine = EngineConfig(enable_prefix_caching=True)
+    return simulate(items, SimulationConfig(scheduler, engine, load_profile(PROFILE), replicas))
+
+
+def prefill_computed(r: SimulationResult) -> int:
+    """Context tokens the engines prefilled: every admission's context less its cache hit."""
+    return r.admitted_tokens - r.cached_tokens
+
+
+def _cells(results: dict[str, list[SimulationResult]]) -> list[str]:
+    def mean(rs: list[SimulationResult], f) -> float:
+        return float(np.mean([f(r) for r in rs]))
+
+    base = mean(results["global"], lambda r: r.metrics.ttft_s.mean)
+    affinity = mean(results["prefix_affinity"], lambda r: r.metrics.ttft_s.mean)
+    rows = [
+        "| routing | mean TTFT (s) | vs global | vs prefix_affinity | p99 TTFT (s) | mean e2e (s) "
+        "| prefill tokens computed | prefix-cache hit rate | req/s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, rs in results.items():
+        ttft = mean(rs, lambda r: r.metrics.ttft_s.mean)
+        rows.append(
+            f"| {name} | {ttft:.3f} | **{base / ttft:.2f}x** | {affinity / ttft:.2f}x | "
+            f"{mean(rs, lambda r: r.metrics.ttft_s.p99):.3f} | "
+            f"{mean(rs, lambda r: r.metrics.e2e_latency_s.mean):.2f} | "
+            f"{mean(rs, prefill_computed):,.0f} | "
+            f"{100 * mean(rs, lambda r: r.cached_tokens / max(1, r.admitted_tokens)):.1f}% | "
+            f"{mean(rs, lambda r: r.metrics.throughput_rps):.2f} |"
+        )
+    lost = sum(r.unfinished for rs in results.values() for r in rs)
+    rows += ["", f"Requests left unfinished over all these runs: {lost}."]
+    return rows
+
+
+def saturated_rate(path: str, requests: int, replicas: int) -> float:
+    """Throughput of KV-only placement under overload (offered far above it): the rate where
+    its queue starts to grow."""
+    items = trace_window(path, requests, 0, 100.0 * replicas)
+    return run(items, "global", replicas, 0).metrics.throughput_rps
+
+
+def prefix(seeds: int = 3, requests: int = 2000, replica_counts: tuple[int, ...] = (4, 8)) -> None:
+    shared = default_shared_dir()
+    if not shared.is_dir():
+        raise SystemExit(f"prefix needs the data sets in {shared}")
+    path = str(shared / MOONCAKE_CONV)
+    runs = len(replica_counts) * (1 + len(LOADS) * seeds * len(ROUTINGS))
+    bar = tqdm(total=runs, desc="simulations", unit="run")
+    body = [
+        "fcfs, prefix caching on in every engine, a100-llama3-8b replicas with the profile's KV "
+        f"budget; the Mooncake rows that fit 8,192 tokens, windows of {requests:,} requests "
+        "(seed k: the k-th window), at a fraction of the rate where KV-only placement's queue "
+        f"grows. Means over {seeds} seeds. 'prefill tokens computed': context tokens prefilled "
+        "(admissions' context less their cache hits).",
+    ]
+    for replicas in replica_counts:
+        knee = saturated_rate(path, requests, replicas)
+        bar.update()
+        for load in LOADS:
+            rate = load * knee
+            results: dict[str, list[SimulationResult]] = {name: [] for name in ROUTINGS}
+            for seed in range(seeds):
+                items = trace_window(path, requests, seed, rate)
+                for name in ROUTINGS:
+                    results[name].append(run(items, name, replicas, seed))
+                    bar.update()
+            body += [
+                "",
+                f"### {replicas} x A100, Mooncake conversation trace at {rate:.1f} req/s "
+                f"({load:g}x; the queue of global grows above {knee:.1f})",
+                "",
+                *_cells(results),
+            ]
+            for name, rs in results.items():
+                ttft = np.mean([r.metrics.ttft_s.mean for r in rs])
+                tqdm.write(f"{replicas} replicas {load:g}x {name}: mean TTFT {ttft:.3f} s")
+    bar.close()
+    update_section(
+        "sim-prefix",
+        "\n".join(body),
+        f"python -m benchmarks.bench_simulator prefix --seeds {seeds}",
+    )
