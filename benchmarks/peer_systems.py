@@ -18,6 +18,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import httpx
 
@@ -93,6 +94,9 @@ class System:
     policies: tuple[str, ...] = ("-",)
     note: str = ""  # what the report says of how it ran, once started
     peer: bool = True  # one of those rankserve is compared against
+    # The engines keep vLLM's stats and metrics (off in the peer benchmark: it costs a little,
+    # and rankserve's replicas keep none); prefix_cache_hits needs them.
+    engine_metrics: bool = False
 
     def start(self) -> str:
         raise NotImplementedError
@@ -103,6 +107,25 @@ class System:
 
     def stop(self) -> None:
         raise NotImplementedError
+
+    # Seconds its prefix-cache counter may lag behind the requests (an asynchronous export).
+    metrics_delay_s: ClassVar[float] = 0.0
+
+    def prefix_cache_hits(self) -> int | None:
+        """Prompt tokens its engines found in their prefix caches so far (None: it cannot say)."""
+        return None
+
+
+def counter_total(text: str, *names: str) -> int:
+    """The sum of a Prometheus counter over its label sets, by any of `names`."""
+    total = 0.0
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        metric, _, value = line.rpartition(" ")
+        if metric.split("{", 1)[0] in names:
+            total += float(value)
+    return int(total)
 
 
 def _init_ray(replicas: int, num_cpus: int) -> None:
@@ -135,6 +158,7 @@ class RayServeLLM(System):
 
     prefix_router: bool = False
     _port: int = 0
+    metrics_delay_s: ClassVar[float] = 15.0  # Ray's metrics agent exports every few seconds
 
     def llm_config(self):
         from ray.serve.llm import LLMConfig
@@ -158,7 +182,7 @@ class RayServeLLM(System):
             },
             deployment_config=deployment,
             runtime_env={"env_vars": engine_env(s, self.key, "nobind")},
-            log_engine_metrics=False,
+            log_engine_metrics=self.engine_metrics,
         )
 
     def start(self) -> str:
@@ -187,6 +211,15 @@ class RayServeLLM(System):
     def stop(self) -> None:
         _shutdown_ray()
 
+    def prefix_cache_hits(self) -> int | None:
+        if not self.engine_metrics:
+            return None
+        import ray
+
+        port = ray._private.worker.global_worker.node.metrics_export_port
+        text = httpx.get(f"http://{LOOPBACK}:{port}/metrics", timeout=10).text
+        return counter_total(text, "ray_vllm_prefix_cache_hits", "ray_vllm_prefix_cache_hits_total")
+
 
 @dataclass
 class VllmPair(System):
@@ -194,6 +227,7 @@ class VllmPair(System):
     FCFS), each bound to a core of its own, behind benchmarks/peer_proxy.py (round robin)."""
 
     _procs: list = field(default_factory=list)
+    _backends: list[str] = field(default_factory=list)
 
     def _spawn(self, argv: list[str], env: dict[str, str], log: Path) -> None:
         out = open(log, "w")  # noqa: SIM115 - the child writes it until it is stopped
@@ -227,10 +261,11 @@ class VllmPair(System):
                 *("--max-num-batched-tokens", str(s.max_num_batched_tokens)),
                 *("--max-model-len", str(s.max_model_len)),
                 "--enforce-eager",
-                "--disable-log-stats",
+                *(() if self.engine_metrics else ("--disable-log-stats",)),
             ]
             self._spawn(argv, engine_env(s, f"{self.key}-{i}", bind), logs / f"vllm-{i}.log")
             backends.append(f"http://{LOOPBACK}:{port}")
+        self._backends = backends
         port = free_port()
         proxy = [sys.executable, "-m", "benchmarks.peer_proxy", "--port", str(port)]
         for b in backends:
@@ -241,6 +276,10 @@ class VllmPair(System):
         url = f"http://{LOOPBACK}:{port}"
         self._wait(f"{url}/v1/models")
         return url
+
+    def prefix_cache_hits(self) -> int | None:
+        texts = [httpx.get(f"{b}/metrics", timeout=10).text for b in self._backends]
+        return sum(counter_total(t, "vllm:prefix_cache_hits_total") for t in texts)
 
     def _wait(self, url: str) -> None:
         deadline = time.monotonic() + READY_TIMEOUT_S
@@ -276,6 +315,7 @@ class Rankserve(System):
 
     policies: tuple[str, ...] = ("fcfs", "ltr")
     peer: bool = False
+    routing: str = "global"  # the scheduler's (cluster.routing)
     _url: str = ""
 
     def start(self) -> str:
@@ -295,6 +335,7 @@ class Rankserve(System):
             "scheduler": {
                 "policy": {"name": self.policies[0]},
                 "admission": {"max_queue_wait_s": None},
+                "routing": self.routing,
             },
             "cpu_threads_bind": one_core_each(s.replicas),
         }
@@ -303,6 +344,9 @@ class Rankserve(System):
         self._url = ep.http
         self.note = f"scorer: {httpx.get(f'{ep.http}/status', timeout=10).json()['scorer']}"
         return ep.http
+
+    def prefix_cache_hits(self) -> int | None:
+        return httpx.get(f"{self._url}/status", timeout=10).json()["cached_tokens"]
 
     def set_policy(self, policy: str) -> None:
         from serve_app.bench import set_policy, wait_idle

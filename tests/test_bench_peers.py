@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 
 import pytest
@@ -229,3 +230,41 @@ def test_a_running_endpoint_is_measured_on_the_burst_then_poisson_at_the_burst_s
     assert not burst.errors and not poisson.errors
     # Lengths forced from the prompt file, at least 16 tokens and capped at 20.
     assert 16 * 5 <= burst.metrics["throughput_tps"] * burst.metrics["duration_s"] <= 20 * 5
+
+
+def test_prometheus_counters_are_summed_over_label_sets_by_name():
+    from benchmarks.peer_systems import counter_total
+
+    text = "\n".join(
+        [
+            "# HELP vllm:prefix_cache_hits_total Prefix cache hits, in terms of tokens.",
+            'vllm:prefix_cache_hits_total{engine="0",model_name="tiny"} 1152.0',
+            'vllm:prefix_cache_hits_total{engine="1",model_name="tiny"} 128.0',
+            'vllm:prefix_cache_hits_created{engine="0",model_name="tiny"} 1.79e+09',
+            'vllm:external_prefix_cache_hits_total{engine="0",model_name="tiny"} 7.0',
+            "ray_vllm_prefix_cache_hits_total 64",
+        ]
+    )
+    assert counter_total(text, "vllm:prefix_cache_hits_total") == 1280
+    assert (
+        counter_total(text, "ray_vllm_prefix_cache_hits", "ray_vllm_prefix_cache_hits_total") == 64
+    )
+    assert counter_total("", "vllm:prefix_cache_hits_total") == 0
+
+
+def test_each_conversation_turn_extends_the_previous_one_and_fits_the_context():
+    from benchmarks.bench_prefix_live import conversations
+
+    items, sent = conversations(5, 4, 2.0, 3.0, 16, seed=0, max_len=800)
+    by_conversation: dict[str, list] = {}
+    for it in sorted(items, key=lambda it: it.request_id):
+        by_conversation.setdefault(it.request_id.split("-")[0], []).append(it)
+    assert len(by_conversation) == 5 and sent == sum(it.prompt_tokens for it in items)
+    system = items[0].prompt.split("\n\nUser:")[0]
+    for turns in by_conversation.values():
+        for earlier, later in itertools.pairwise(turns):
+            assert later.prompt.startswith(earlier.prompt)  # the history is its prefix
+            assert later.arrival_time == pytest.approx(earlier.arrival_time + 3.0)
+        assert all(t.prompt.startswith(system) for t in turns)
+    assert all(it.prompt_tokens + 16 <= 800 for it in items)
+    assert any(len(t) < 4 for t in by_conversation.values())  # some outgrew 800 tokens
