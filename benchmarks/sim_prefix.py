@@ -4,12 +4,12 @@ conversation trace (issue 15; needs ../shared/datasets).
 Mooncake's trace carries each prompt's chained 512-token block hashes (`hash_ids`): the turns
 of a conversation share their history, so a replica that served a turn holds most of the next
 one's prefill. The rows that fit Llama-3-8B's 8,192-token context, replayed at 0.5x and 0.9x
-the rate where the queue of KV-only placement starts to grow, on 4 and 8 a100-llama3-8b replicas with
-vLLM's prefix caching (a realistic KV budget: the profile's, about 60 GiB of an A100's 80 after
-weights and activations). fcfs everywhere, so that only placement differs:
+the rate where the queue of KV-only placement starts to grow, on 4 and 8 a100-llama3-8b
+replicas with vLLM's prefix caching and the profile's KV budget (as vLLM sizes it: 54 GiB of
+an A100's 80 GiB, 444,640 tokens). fcfs everywhere, so that only placement differs:
 
 - global: rankserve's cluster-wide queue with KV-only placement (most free KV);
-- prefix_aware: the same queue, placed by expected cache hit, KV and queue (cluster.prefix_routing);
+- prefix_aware: the same queue, placed by cache hit, queued prefill, KV (cluster.prefix_routing);
 - prefix_affinity: a model of Ray Serve LLM's PrefixCacheAffinityRouter (replica queues);
 - power_of_two: Ray Serve's default router.
 """

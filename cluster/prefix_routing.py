@@ -13,9 +13,10 @@ The prefix term is the request's time to first token there, in units of its own 
 prefill it would wait for (what it placed there and is not through its prefill yet, less what
 each of those found cached, as estimated when placed) plus its own uncached part. So a replica
 whose cache holds the prefix but whose engine is busy prefilling others loses to an idle one
-that must recompute it. With no hit and no prefill queued anywhere it is `global` (KV balance). A request resumed after a slice end or a
-preemption finds its own generated blocks, as well as its prompt's, on the replica it ran on,
-so it goes back there when that one has room: it continues where its KV is.
+that must recompute it. With no hit and no prefill queued anywhere it is `global` (KV
+balance). A request resumed after a slice end or a preemption finds its own generated blocks,
+as well as its prompt's, on the replica it ran on, so it goes back there when that one has
+room: it continues where its KV is.
 
 `prefix_affinity` is the baseline modelled on Ray Serve LLM's PrefixCacheAffinityRouter in its
 power-of-two mode (replica queues, no headroom check): when the replicas' queue lengths differ

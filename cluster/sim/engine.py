@@ -7,8 +7,8 @@ when the KV cache cannot grow, the lowest-priority running request is preempted 
 waiting requests are admitted in priority order while slots, budget and blocks last (chunked
 prefill). With prefix caching on, a (re)admitted request starts from the known blocks of its
 prefix, cached or shared with requests running now (`cluster.sim.kv_cache`), and computes only
-the rest; the full blocks it schedules are shared from then on. The step's duration comes from the
-calibrated step-time model.
+the rest; the full blocks it schedules are shared from then on. The step's duration comes from
+the calibrated step-time model.
 """
 
 from __future__ import annotations
