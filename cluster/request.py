@@ -70,6 +70,9 @@ class Request:
     state: RequestState = RequestState.QUEUED
     generated: int = 0  # tokens produced so far, across slices and replicas
     replica_id: str | None = None
+    # Where its last dispatch ran, once it is back in the queue (a slice end, a preemption):
+    # that replica's prefix cache may still hold its context.
+    last_replica_id: str | None = None
     first_token_time: float | None = None
     finish_time: float | None = None
     last_token_time: float | None = None

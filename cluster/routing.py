@@ -36,7 +36,9 @@ class Routing(Protocol):
 
 
 class KVBalancedRouting:
-    """The global queue's routing: strict policy order, least KV-loaded replica with room."""
+    """The global queue's routing: strict policy order, least KV-loaded replica with room. A
+    request back from a slice end or a preemption resumes on the replica it ran on when that
+    one has room, where its context is likely still cached (else it moves and recomputes)."""
 
     def __init__(self, config: SchedulerConfig) -> None:
         self.headroom = config.kv_headroom_fraction
@@ -53,6 +55,8 @@ class KVBalancedRouting:
             free_after = view.free_blocks - view.blocks_for(tokens)
             if free_after < self.headroom * view.total_kv_blocks:
                 continue
+            if view.replica_id == request.last_replica_id:
+                return view
             free_fraction = view.free_blocks / view.total_kv_blocks
             if free_fraction > best_free:
                 best, best_free = view, free_fraction

@@ -394,6 +394,6 @@ class Scheduler:
 
     def _requeue(self, request: Request) -> None:
         self._release(request)
-        request.replica_id = None
+        request.last_replica_id, request.replica_id = request.replica_id, None
         request.transition(RequestState.QUEUED)
         self.queue.add(request, self.clock.now())

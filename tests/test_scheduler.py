@@ -165,6 +165,26 @@ def test_a_slice_ends_with_the_request_queued_and_ranked_by_what_is_left():
     assert sched.stats().slices == 1
 
 
+def test_a_slice_resumes_where_its_context_is_cached_while_that_replica_has_room():
+    sched, _ = scheduler("fcfs", slice_tokens=10)
+    for rid in ("a", "b"):
+        sched.add_replica(rid, max_num_seqs=2, total_kv_blocks=1000, block_size=16)
+    sched.submit(request("long", prompt=320, output=30))
+    (d,) = sched.schedule()
+    home = d.replica_id
+    away = "b" if home == "a" else "a"
+    run_through(sched, "long", 10, FinishReason.SLICE)
+    assert sched.get("long").last_replica_id == home
+    report_load(sched, home, 600, 1000)  # less free KV than the other, but its blocks are there
+    report_load(sched, away, 1000, 1000)
+    (again,) = sched.schedule()
+    assert again.replica_id == home
+    run_through(sched, "long", 10, FinishReason.SLICE)
+    report_load(sched, home, 40, 1000)  # no room there now: it moves and recomputes
+    (moved,) = sched.schedule()
+    assert moved.replica_id == away
+
+
 # ---- replica loss -------------------------------------------------------------------------
 
 
