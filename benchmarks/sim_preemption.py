@@ -9,7 +9,9 @@ host memory (issue 13's matrix; needs ../shared/datasets).
   only; the rows that fit Llama-3-8B's 8,192-token context), replayed at 0.9, 1.1 and 1.3 times
   the rate where the queue starts to grow. The traces carry no prompts, so ltr is fed the true
   lengths times a log-normal error of sd 0.8, the shipped predictor's error on held-out prompts
-  (0.74 on these AlpacaEval prompts, 0.94 on its own training split).
+  (0.74 on these AlpacaEval prompts, 0.94 on its own training split). Two placements
+  without preemption beside them: Ray Serve's power of two, and rankserve's prefix_aware
+  (Mooncake's block hashes give its prompts' shared prefixes; the Azure trace has none).
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ VARIANTS = (
     Variant("preemption, host offload", True, host_offload_gib=HOST_GIB),
 )
 RAY_SERVE = Variant("power_of_two (Ray Serve), no preemption", False, routing="power_of_two")
+PREFIX_AWARE = Variant("prefix_aware, no preemption", False, routing="prefix_aware")
 
 
 def run(items: list[WorkloadItem], v: Variant, replicas: int, seed: int) -> SimulationResult:
@@ -162,7 +165,7 @@ def preemption(burst_seeds: int = 5, trace_seeds: int = 3, trace_requests: int =
     scorer = _UniquePromptScorer()
     traces = {"Azure 2023 conversation": AZURE_CONV, "Mooncake conversation": MOONCAKE_CONV}
     runs = burst_seeds * len(VARIANTS) + len(traces) * (
-        1 + len(LOADS) * trace_seeds * (len(VARIANTS) + 1)
+        1 + len(LOADS) * trace_seeds * (len(VARIANTS) + 2)
     )
     bar = tqdm(total=runs, desc="simulations", unit="run")
     body = [
@@ -194,7 +197,8 @@ def preemption(burst_seeds: int = 5, trace_seeds: int = 3, trace_requests: int =
             def make(seed: int, rate: float = rate) -> list[WorkloadItem]:
                 return with_noisy_lengths(window(rate, seed), NOISE_SD, seed)
 
-            results = _measure(make, (*VARIANTS, RAY_SERVE), 4, trace_seeds, bar)
+            variants = (*VARIANTS, RAY_SERVE, PREFIX_AWARE)
+            results = _measure(make, variants, 4, trace_seeds, bar)
             body += [
                 "",
                 f"### 4 x A100, {title} trace at {load:g}x ({rate:.1f} req/s; the queue grows "
