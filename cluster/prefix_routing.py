@@ -81,19 +81,18 @@ class PrefixAwareRouting:
         self.weights = config.prefix
         self.index = PrefixIndex()
         self._prefills: list[_Prefill] = []
+        # Per replica, prefill tokens of the requests placed there that have no first token yet
+        # (each less what it was expected to find cached): recounted once a round, as only
+        # engine reports between rounds end a prefill, and added to by each placement.
+        self._queued: dict[str, int] = {}
 
     def has_room(self, replicas: list[ReplicaView]) -> bool:
         self.index.retain(v.replica_id for v in replicas)
-        return any(v.has_slot(self.max_engine_waiting) for v in replicas)
-
-    def queued_prefill(self) -> dict[str, int]:
-        """Per replica, prefill tokens of the requests placed there that have no first token
-        yet (each less what it was expected to find cached)."""
         self._prefills = [p for p in self._prefills if p.pending()]
-        queued: dict[str, int] = {}
+        self._queued = {}
         for p in self._prefills:
-            queued[p.replica_id] = queued.get(p.replica_id, 0) + p.uncached_tokens
-        return queued
+            self._queued[p.replica_id] = self._queued.get(p.replica_id, 0) + p.uncached_tokens
+        return any(v.has_slot(self.max_engine_waiting) for v in replicas)
 
     def score(
         self, view: ReplicaView, cached_tokens: int, queued_tokens: int, tokens: int
@@ -110,7 +109,7 @@ class PrefixAwareRouting:
     def choose(self, replicas: list[ReplicaView], request: Request) -> ReplicaView | None:
         tokens = request.context
         keys = _Keys(request, tokens)
-        queued = self.queued_prefill()
+        queued = self._queued
         best, best_score, best_cached = None, float("-inf"), 0
         for view in replicas:
             if not view.has_slot(self.max_engine_waiting):
@@ -123,9 +122,11 @@ class PrefixAwareRouting:
                 best, best_score, best_cached = view, score, cached
         if best is not None:  # the scheduler dispatches it there
             self.index.record(best.replica_id, keys(best.block_size), best.total_kv_blocks)
+            uncached = tokens - best_cached
             self._prefills.append(
-                _Prefill(request, best.replica_id, request.num_dispatches + 1, tokens - best_cached)
+                _Prefill(request, best.replica_id, request.num_dispatches + 1, uncached)
             )
+            queued[best.replica_id] = queued.get(best.replica_id, 0) + uncached
         return best
 
 
