@@ -123,6 +123,11 @@ class PolicyConfig:
     # rounds is promoted for `priority_quantum` rounds, then demoted with its counter reset.
     starvation_threshold: int = 200
     priority_quantum: int = 10
+    # A promoted slice's end sends the request back to the queue, and its resume recomputes the
+    # context that was evicted meanwhile: the slice runs on, past the quantum, until that prefill
+    # is at most this share of the engine time the slice had (cluster.preemption.slice_tokens).
+    # None: the paper's fixed quantum.
+    slice_max_overhead: float | None = 0.1
     # A bound in seconds on LTR's wait (rounds bound none): a request queued longer than this
     # since its arrival goes ahead of every score, oldest first, to its end. None: off (the
     # paper's policy); the service sets one (serve_app.config).
@@ -142,6 +147,8 @@ class PolicyConfig:
             raise ValueError("starvation_threshold and priority_quantum must be >= 1")
         if self.ltr_max_wait_s is not None and self.ltr_max_wait_s <= 0:
             raise ValueError("ltr_max_wait_s must be > 0 (or none)")
+        if self.slice_max_overhead is not None and not 0 < self.slice_max_overhead <= 1:
+            raise ValueError("slice_max_overhead must be in (0, 1] (or none)")
 
 
 SLO_UNREACHABLE = ("off", "reject", "demote")

@@ -39,3 +39,10 @@ class LatencyModel:
         running batch's steps at about the same total cost)."""
         p = max(1, prompt_tokens)
         return self._model.step_seconds(p, 0, 0, p * p, 0, 1)
+
+    def joined_prefill_s(self, prompt_tokens: int, batch: int, mean_context: int) -> float:
+        """What the prompt adds to the steps of a running decode batch it joins (chunked
+        prefill mixes them, so a short prompt costs less than a step of its own)."""
+        p, ctx = max(1, prompt_tokens), batch * mean_context
+        alone = self._model.step_seconds(0, batch, ctx)
+        return self._model.step_seconds(p, batch, ctx, p * p, 0, 1) - alone

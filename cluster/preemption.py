@@ -16,15 +16,18 @@ Guards: the waiting request must be ranked ahead by the policy (or the victim mu
 overrun its prediction), E_victim >= min_gain_ratio x E_waiting, the victim has run its
 dispatch for min_run_tokens, has been preempted fewer than max_per_request times, and is not a
 starvation-promoted request (promotion keeps its slice: starvation protection is unchanged).
+
+A planned slice end (ltr's starvation quantum) is costed the same way (`slice_tokens`).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from cluster.config import PreemptionConfig
-from cluster.latency_model import LatencyModel
+from cluster.config import PolicyConfig, PreemptionConfig
+from cluster.latency_model import LatencyModel, quantized_context
 from cluster.policies.base import PROMOTED_PRIORITY
 from cluster.request import Request
 
@@ -94,3 +97,20 @@ def choose_swap(
         if gain_s > 0 and (best is None or gain_s > best.gain_s):
             best = Swap(victim, waiting, gain_s)
     return best
+
+
+def slice_tokens(
+    quantum: int | None, request: Request, batch: int, latency: LatencyModel, policy: PolicyConfig
+) -> int | None:
+    """The policy's slice `quantum` for `request`, joining a replica of `batch` requests (itself
+    counted), run on until the resume's prefill of its whole context (likely evicted while it
+    waits behind better-ranked requests) is at most `policy.slice_max_overhead` of the engine
+    time the slice gets: its share, 1/batch, of each decode step."""
+    overhead = policy.slice_max_overhead
+    if quantum is None or overhead is None or quantum >= request.remaining_tokens:
+        return quantum
+    context, others = request.context, batch - 1
+    mean_context = quantized_context(context)
+    share_s = latency.decode_step_s(batch, mean_context) / batch
+    resume_s = latency.joined_prefill_s(context, others, mean_context)
+    return max(quantum, math.ceil(resume_s / (overhead * share_s)))

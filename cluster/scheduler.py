@@ -19,6 +19,7 @@ from cluster.events import EngineEvents, FinishReason
 from cluster.latency_model import LatencyModel
 from cluster.metrics import SchedulerStats
 from cluster.policies import make_queue
+from cluster.preemption import slice_tokens
 from cluster.rank_quality import RankQualityMonitor
 from cluster.replicas import ReplicaSet, ReplicaView
 from cluster.request import Request, RequestState
@@ -89,8 +90,7 @@ class Scheduler:
         self._replicas.add(replica_id, max_num_seqs, total_kv_blocks, block_size)
 
     def remove_replica(self, replica_id: str) -> list[Request]:
-        """A replica is gone: its requests return to the queue with the tokens they have, and
-        will continue elsewhere."""
+        """A replica is gone: its requests go back to the queue with their tokens, to go on."""
         view = self._replicas.remove(replica_id)
         returned = [self._requests[rid] for rid in sorted(view.assigned)]
         for request in returned:
@@ -236,8 +236,9 @@ class Scheduler:
         return rejected
 
     def _dispatch(self, request: Request, view: ReplicaView, now: float) -> Dispatch:
-        remaining = request.remaining_tokens
-        limits = (remaining, self.config.slice_tokens, self.queue.slice_limit(request))
+        quantum, batch = self.queue.slice_limit(request), len(view.assigned) + 1
+        quantum = slice_tokens(quantum, request, batch, self._swaps.latency, self.config.policy)
+        limits = (request.remaining_tokens, self.config.slice_tokens, quantum)
         budget = max(1, min(limit for limit in limits if limit is not None))
         return dispatch(request, view, budget, self.queue.priority(request, now))
 

@@ -37,7 +37,7 @@ class Swaps:
         self, config: PreemptionConfig, latency: LatencyModel | None, profile: str
     ) -> None:
         """`latency`: the engines' step times (None: those of the named `profile`, loaded
-        only with preemption on)."""
+        at first use)."""
         self.config = config
         self._latency = latency
         self._profile = profile

@@ -186,14 +186,20 @@ def test_removing_a_promoted_request_ends_its_promotion_and_requeue_restarts_the
     assert q.is_promoted(r)
 
 
-def _ltr_starvation_run(threshold: int, quantum: int):
-    """One replica with one slot; a long request (high score) competes with a fresh short one
-    every round. Each round's dispatch runs its whole slice at once."""
+def _ltr_starvation_run(threshold: int, quantum: int, prompt: int = 8, overhead=None):
+    """One replica with one slot; a long request (high score, `prompt` tokens) competes with a
+    fresh short one every round. Each round's dispatch runs its whole slice at once.
+    `overhead`: the slices' `slice_max_overhead` (None: the paper's fixed quantum)."""
     clock = VirtualClock()
-    policy = PolicyConfig(name="ltr", starvation_threshold=threshold, priority_quantum=quantum)
+    policy = PolicyConfig(
+        name="ltr",
+        starvation_threshold=threshold,
+        priority_quantum=quantum,
+        slice_max_overhead=overhead,
+    )
     sched = Scheduler(SchedulerConfig(policy=policy), clock)
     sched.add_replica("r0", max_num_seqs=1, total_kv_blocks=1000, block_size=16)
-    long = Request("long", 8, 25, 0.0, output_tokens=25, score=50.0)
+    long = Request("long", prompt, 25, 0.0, output_tokens=25, score=50.0)
     sched.submit(long)
     log = []  # (round, dispatch) for the long request's dispatches
     for i in range(200):
@@ -221,6 +227,14 @@ def test_ltr_starving_request_is_dispatched_exactly_at_threshold_for_a_quantum_s
     assert all(d.priority == engine_priority(PROMOTED_PRIORITY) for _, d in log)
     assert long.state is RequestState.FINISHED and long.generated == 25
     assert long.num_dispatches == 3
+
+
+def test_a_starving_request_whose_resume_would_recompute_a_long_prompt_runs_to_its_end():
+    # 4,000 tokens of prompt cost about 27 decode steps to compute again: a 10-token slice
+    # would spend more on its resume than on itself.
+    long, log = _ltr_starvation_run(4, 10, prompt=4000, overhead=0.1)
+    assert [(rnd, d.max_new_tokens, d.final) for rnd, d in log] == [(4, 25, True)]
+    assert long.state is RequestState.FINISHED and long.num_dispatches == 1
 
 
 def test_rounds_count_only_when_a_replica_has_a_free_slot():

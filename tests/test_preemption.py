@@ -8,7 +8,7 @@ from cluster.config import PolicyConfig, PreemptionConfig, SchedulerConfig
 from cluster.events import FinishReason
 from cluster.latency_model import LatencyModel
 from cluster.policies.base import PROMOTED_PRIORITY
-from cluster.preemption import Running, choose_swap, expected_remaining
+from cluster.preemption import Running, choose_swap, expected_remaining, slice_tokens
 from cluster.request import Request, RequestState
 from cluster.scheduler import Scheduler
 from tests.sim_audit import Ledger, make_engine, register
@@ -125,3 +125,31 @@ def test_off_by_default_the_long_request_keeps_its_slot():
     long, short, events, scheduler, _ = misranked(SchedulerConfig().preemption)
     assert short.finish_time > long.finish_time
     assert scheduler.stats().preemptions == 0 and long.num_dispatches == 1
+
+
+def _share_s(context: int, batch: int) -> float:
+    return LATENCY.decode_step_s(batch, max(64, round(context / 64) * 64)) / batch
+
+
+def test_a_slice_runs_until_its_resume_costs_at_most_the_overhead_of_its_engine_time():
+    policy = PolicyConfig(name="ltr", slice_max_overhead=0.1)
+    for context, batch in [(8, 32), (100, 32), (1000, 4), (4000, 32)]:
+        r = Request("r", context, 100_000, 0.0)
+        n = slice_tokens(10, r, batch, LATENCY, policy)
+        resume_s = LATENCY.joined_prefill_s(context, batch - 1, max(64, round(context / 64) * 64))
+        assert n >= 10 and resume_s <= 0.1 * n * _share_s(context, batch)
+        if n > 10:  # and no longer than that
+            assert resume_s > 0.1 * (n - 1) * _share_s(context, batch)
+    short, long = Request("s", 100, 100_000, 0.0), Request("l", 4000, 100_000, 0.0)
+    assert slice_tokens(10, short, 32, LATENCY, policy) < slice_tokens(
+        10, long, 32, LATENCY, policy
+    )
+
+
+def test_slices_stay_as_the_policy_gives_them_without_an_overhead_bound_or_a_quantum():
+    r = Request("r", 4000, 100_000, 0.0)
+    fixed = PolicyConfig(name="ltr", slice_max_overhead=None)
+    assert slice_tokens(10, r, 32, LATENCY, fixed) == 10
+    assert slice_tokens(None, r, 32, LATENCY, PolicyConfig(name="ltr")) is None
+    done_soon = Request("d", 4000, 5, 0.0)  # the quantum reaches its end already
+    assert slice_tokens(10, done_soon, 32, LATENCY, PolicyConfig(name="ltr")) == 10
