@@ -7,7 +7,9 @@ ahead of every score for `priority_quantum` rounds; then it is demoted and its c
 again from zero. A promoted request that is dispatched runs a slice of `priority_quantum`
 tokens at top priority and then returns to the queue, ranked by its score again: the paper's
 "promoted for a quantum, then demoted", which guarantees progress without letting a long
-request hold a slot it would not get by rank.
+request hold a slot it would not get by rank. The scheduler lengthens a slice whose resume
+would cost more than `slice_max_overhead` of its engine time (`cluster.preemption.slice_tokens`):
+the queue behind it holds its KV only while nothing else needs the blocks.
 
 Rounds bound no wait in seconds: under a sustained overload a long request is outranked by
 every new short one, and progresses by one quantum per `starvation_threshold` rounds, so its
