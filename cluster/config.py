@@ -267,8 +267,9 @@ class PreemptionConfig:
     min_gain_ratio: float = 4.0
     max_per_round: int = 8  # early ends decided per scheduling round
     # The resume's cost: True, the victim's KV stays in its replica's prefix cache (vLLM's
-    # default) while that replica has free blocks for it, and only its last block is computed
-    # again; False (engines without prefix caching), its whole context is recomputed.
+    # default) while that replica has free blocks for it, in the share that resumes so far
+    # found cached (cluster.swaps), and the rest is computed again; False (engines without
+    # prefix caching), its whole context is recomputed.
     kv_retention: bool = True
 
     def __post_init__(self) -> None:

@@ -7,8 +7,9 @@ resuming the victim. Running the waiting request first saves it the victim's rem
 steps and costs the victim the waiting one's: net (E_victim - E_waiting) decode steps of the
 victim's batch (the exchange argument behind shortest-remaining-first). Resuming costs the
 prefill of the victim's uncached context, which every request of that batch waits for: all of
-it, or, when its replica is expected to keep its KV (`Running.retained`), the last block. E is the
-expected remaining tokens: the prediction minus what the request has, and once it ran past its
+it, or, when its replica is expected to keep its KV, what it is not expected to keep
+(`Running.retained`: all but the last block in the share that resumes so far found cached,
+`cluster.swaps`). E is the expected remaining tokens: the prediction minus what the request has, and once it ran past its
 prediction, as many again as it has (the ranking was wrong; a long tail is likely, as
 least-attained-service assumes).
 

@@ -255,8 +255,8 @@ class Scheduler:
         for rid in events.started:
             if (request := self._active(rid, here)) is not None:
                 self._running(request)
-        now = self.clock.now()
-        tokens = 0
+                self._swaps.found_cached(request, events.cached.get(rid, 0))
+        now, tokens = self.clock.now(), 0
         for rid, count in events.cached.items():
             if (request := self._active(rid, here)) is not None:
                 request.cached_tokens += count

@@ -6,6 +6,10 @@ An engine ends such a dispatch after the victim's next token and reports it ende
 and the next round gives the promised request that replica before anything else, so that the
 victim, which the policy may still rank ahead, does not take its slot back.
 
+The resume's cost counts the victim's context as retained in the proportion that resumes were
+found cached so far (`retained_share`, learned from the engines' reports, 1 before any): under
+KV pressure the queue behind a victim fills its replica again and evicts its blocks.
+
 A preempted request is then ranked with what it has (`order`): behind every queued request
 expected min_gain_ratio times shorter than its expected remaining, else where the policy puts
 it. Starvation protection is unchanged: once the policy promotes it, it goes first again."""
@@ -22,6 +26,8 @@ from cluster.preemption import Running, choose_swap, expected_remaining
 from cluster.replicas import ReplicaView
 from cluster.request import Request, RequestState
 from cluster.routing import Routing
+
+RETENTION_LEARNING_RATE = 0.1  # weight of each resume in `retained_share`
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +51,9 @@ class Swaps:
         # victim id -> (victim, its dispatch count, its replica, the waiting request)
         self._pending: dict[str, tuple[Request, int, str, Request]] = {}
         self._ends: list[EarlyEnd] = []
+        self.retained_share = 1.0  # of a preempted context, found cached when it resumed
+        # victim id -> (victim, its resuming dispatch's number, context it could find cached)
+        self._resumes: dict[str, tuple[Request, int, int]] = {}
 
     def freed(
         self, replicas: list[ReplicaView], routing: Routing
@@ -101,6 +110,10 @@ class Swaps:
         (`queued`, in policy order; `priority`: the policy's), at most
         max_per_round, stopping at the first that gains nothing."""
         promised = {id(w) for *_, w in self._pending.values()}
+        for rid, (victim, *_) in list(self._resumes.items()):
+            if victim.state.is_terminal:  # ended (aborted, failed) before it resumed
+                del self._resumes[rid]
+        block_sizes = {v.replica_id: v.block_size for v in replicas}
         running = [
             Running(r, len(view.assigned), self._retained(r, view))
             for view in replicas
@@ -127,16 +140,29 @@ class Swaps:
                 waiting,
             )
             self._ends.append(EarlyEnd(victim.request_id, victim.replica_id))
+            whole = victim.context - block_sizes[victim.replica_id]  # all but the last block
+            self._resumes[victim.request_id] = (victim, victim.num_dispatches + 1, max(1, whole))
             running = [c for c in running if c.request is not victim]
 
+    def found_cached(self, request: Request, tokens: int) -> None:
+        """An engine admitted `request` and found `tokens` of its context cached: at a
+        preempted request's resume, that updates `retained_share` (a moving average)."""
+        resume = self._resumes.get(request.request_id)
+        if resume is None or resume[1] != request.num_dispatches:
+            return
+        del self._resumes[request.request_id]
+        share = min(1.0, tokens / resume[2])
+        self.retained_share += RETENTION_LEARNING_RATE * (share - self.retained_share)
+
     def _retained(self, victim: Request, view: ReplicaView) -> int:
-        """Context tokens the victim's replica is expected still to hold when it resumes: all
-        but the last block while the replica has free blocks for as much again (freed blocks
-        are evicted only when an allocation needs them), else none."""
+        """Context tokens the victim's replica is expected still to hold when it resumes: while
+        the replica has free blocks for as much again (freed blocks are evicted only when an
+        allocation needs them), all but the last block in the share that resumes found, else
+        none."""
         context = victim.context
         if not self.config.kv_retention or view.free_blocks < view.blocks_for(context):
             return 0
-        return max(0, context - view.block_size)
+        return round(self.retained_share * max(0, context - view.block_size))
 
     @property
     def latency(self) -> LatencyModel:

@@ -9,8 +9,10 @@ from cluster.events import FinishReason
 from cluster.latency_model import LatencyModel
 from cluster.policies.base import PROMOTED_PRIORITY
 from cluster.preemption import Running, choose_swap, expected_remaining, slice_tokens
+from cluster.replicas import ReplicaView
 from cluster.request import Request, RequestState
 from cluster.scheduler import Scheduler
+from cluster.swaps import Swaps
 from tests.sim_audit import Ledger, make_engine, register
 
 LATENCY = LatencyModel.named("a100-llama3-8b")
@@ -153,3 +155,39 @@ def test_slices_stay_as_the_policy_gives_them_without_an_overhead_bound_or_a_qua
     assert slice_tokens(None, r, 32, LATENCY, PolicyConfig(name="ltr")) is None
     done_soon = Request("d", 4000, 5, 0.0)  # the quantum reaches its end already
     assert slice_tokens(10, done_soon, 32, LATENCY, PolicyConfig(name="ltr")) == 10
+
+
+def _swap_decided(swaps: Swaps, victim: Request) -> bool:
+    """Whether `swaps` preempts `victim` (8,000 tokens of context, on a roomy replica with
+    three requests that have no prediction) for a short waiting request."""
+    view = ReplicaView("r0", 8, 10_000, 16, reported_free_blocks=5_000)
+    running = {victim.request_id: victim}
+    for i in range(3):
+        other = Request(f"other{i}", 100, 400, 0.0)
+        other.state, other.replica_id = RequestState.RUNNING, "r0"
+        running[other.request_id] = other
+    for rid in running:
+        view.assign(rid, 0)
+    waiting = req("short", 10.0)
+    swaps.consider(iter([waiting]), lambda r: 0.0, [view], running)
+    return bool(swaps.take_early_ends())
+
+
+def test_the_resume_cost_learns_how_much_of_a_preempted_context_the_engines_kept():
+    swaps = Swaps(ON, LATENCY, "a100-llama3-8b")
+    for i in range(40):  # each resume found nothing cached: evicted while it waited
+        # ranked first, wrongly: it overran its prediction of 20 tokens
+        victim = Request(f"v{i}", 7_900, 400, 0.0, predicted_tokens=20, dispatch_priority=-5.0)
+        victim.generated, victim.state, victim.num_dispatches = 100, RequestState.RUNNING, 1
+        victim.replica_id = "r0"
+        decided = _swap_decided(swaps, victim)
+        if not decided:
+            break
+        victim.num_dispatches += 1  # its resume
+        swaps.found_cached(victim, 0)
+    # Counted retained, the 8,000 tokens cost one block's prefill and the swap pays; once
+    # resumes showed they were not, their prefill (which its batch of 4 waits for) outweighs
+    # the gain.
+    assert i > 0 and not decided and swaps.retained_share < 0.9
+    swaps.found_cached(victim, 8_000)  # no resume of a preemption in flight: no news
+    assert swaps.retained_share < 0.9
