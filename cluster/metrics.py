@@ -164,4 +164,6 @@ class SchedulerStats:
     slices: int
     shed: dict[str, int]  # refused or dropped from the queue, by ShedReason value
     preemptions: int = 0  # dispatches the scheduler ended early (cluster.preemption)
+    # Share of a preempted context its resume is expected to find cached (cluster.swaps).
+    retained_share: float = 1.0
     slo_demoted: int = 0  # put in the best-effort SLO class on arrival (cluster.slo_admission)

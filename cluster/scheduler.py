@@ -57,8 +57,7 @@ class Scheduler:
 
     def reconfigure(self, config: SchedulerConfig) -> None:
         """New scheduling settings (policy, routing, slices...), only while no request is in
-        flight: a queue's order means nothing across two policies. Replicas and the cumulative
-        counters stay."""
+        flight (a queue's order means nothing across policies); replicas and counters stay."""
         active = sum(1 for r in self._requests.values() if not r.state.is_terminal)
         if active:
             raise RuntimeError(f"cannot change scheduling with {active} requests in flight")
@@ -326,8 +325,7 @@ class Scheduler:
             self.fail(request_id, "aborted")
 
     def forget(self, request_id: str) -> Request:
-        """Drop a finished or failed request from memory (the live actor does, the simulator
-        keeps them for its metrics)."""
+        """Drop a finished or failed request from memory (the live actor does; not the sim)."""
         request = self.get(request_id)
         if not request.state.is_terminal:
             raise ValueError(f"{request_id} is still {request.state.value}")
@@ -347,6 +345,7 @@ class Scheduler:
             rounds=self._rounds_before + self.queue.round,
             slices=self._slices,
             preemptions=self._swaps.count,
+            retained_share=self._swaps.retained_share,
             shed={reason.value: n for reason, n in self._shed.items()},
             slo_demoted=self.slo_admission.demoted,
         )

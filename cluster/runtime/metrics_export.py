@@ -91,6 +91,11 @@ def scheduler_families(s: ClusterStatus) -> list[Family]:
             "Dispatches the scheduler ended early to give their slot to a request ranked ahead",
         ).add(s.scheduler_preemptions),
         Family(
+            "rankserve_preemption_retained_share",
+            GAUGE,
+            "Share of a preempted context its resume is expected to find cached (learned)",
+        ).add(s.preemption_retained_share),
+        Family(
             "rankserve_prefix_cached_tokens",
             COUNTER,
             "Context tokens the engines found in their prefix caches as dispatches started",

@@ -55,6 +55,9 @@ class ClusterStatus:
     preempted: dict[str, int] = field(default_factory=dict)
     # Context tokens the engines found in their prefix caches as dispatches started.
     cached_tokens: int = 0
+    # Share of a preempted request's context that the preemption cost model expects its
+    # resume to find cached: learned from the resumes so far (cluster.swaps).
+    preemption_retained_share: float = 1.0
 
     @property
     def ready(self) -> bool:
@@ -143,4 +146,5 @@ def cluster_status(
         ended.scheduler_preemptions + sum(r.scheduler_preemptions for r in live),
         {r.request_id: r.scheduler_preemptions for r in live if r.scheduler_preemptions},
         ended.cached_tokens + sum(r.cached_tokens for r in live),
+        stats.retained_share,
     )
