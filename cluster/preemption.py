@@ -9,9 +9,9 @@ victim's batch (the exchange argument behind shortest-remaining-first). Resuming
 prefill of the victim's uncached context, which every request of that batch waits for: all of
 it, or, when its replica is expected to keep its KV, what it is not expected to keep
 (`Running.retained`: all but the last block in the share that resumes so far found cached,
-`cluster.swaps`). E is the expected remaining tokens: the prediction minus what the request has, and once it ran past its
-prediction, as many again as it has (the ranking was wrong; a long tail is likely, as
-least-attained-service assumes).
+`cluster.swaps`). E is the expected remaining tokens: the prediction minus what the request
+has, and once it ran past its prediction, as many again as it has (the ranking was wrong; a
+long tail is likely, as least-attained-service assumes).
 
 Guards: the waiting request must be ranked ahead by the policy (or the victim must have
 overrun its prediction), E_victim >= min_gain_ratio x E_waiting, the victim has run its

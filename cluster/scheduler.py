@@ -325,7 +325,7 @@ class Scheduler:
             self.fail(request_id, "aborted")
 
     def forget(self, request_id: str) -> Request:
-        """Drop a finished or failed request from memory (the live actor does; not the sim)."""
+        """Drop a finished or failed request from memory (the live actor; not the simulator)."""
         request = self.get(request_id)
         if not request.state.is_terminal:
             raise ValueError(f"{request_id} is still {request.state.value}")
