@@ -236,7 +236,8 @@ class Scheduler:
 
     def _dispatch(self, request: Request, view: ReplicaView, now: float) -> Dispatch:
         quantum, batch = self.queue.slice_limit(request), len(view.assigned) + 1
-        quantum = slice_tokens(quantum, request, batch, self._swaps.latency, self.config.policy)
+        if quantum is not None:  # the step-time profile is loaded only for a policy that slices
+            quantum = slice_tokens(quantum, request, batch, self._swaps.latency, self.config.policy)
         limits = (request.remaining_tokens, self.config.slice_tokens, quantum)
         budget = max(1, min(limit for limit in limits if limit is not None))
         return dispatch(request, view, budget, self.queue.priority(request, now))
