@@ -53,7 +53,10 @@ def timing_of(request: Request) -> RequestTiming:
         raise ValueError(f"{request.request_id} has not finished")
     return RequestTiming(
         arrival=request.arrival_time,
-        first_token=request.first_token_time,
+        # An answer that ended with no token (a stop at once) reached its client at its end.
+        first_token=request.first_token_time
+        if request.first_token_time is not None
+        else request.finish_time,
         finish=request.finish_time,
         output_tokens=request.generated,
         max_token_gap=request.max_token_gap,

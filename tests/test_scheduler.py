@@ -8,6 +8,7 @@ import pytest
 from cluster.config import SchedulerConfig
 from cluster.dispatch import engine_priority
 from cluster.events import FinishReason
+from cluster.metrics import timing_of
 from cluster.request import InvalidTransition, Request, RequestState
 from cluster.scheduler import UnknownRequest
 from tests.sim_audit import Ledger, drive, make_engine, register
@@ -379,3 +380,13 @@ def test_power_of_two_still_fails_a_request_no_replica_could_ever_hold():
 def test_unknown_routing_is_refused():
     with pytest.raises(ValueError, match="routing"):
         SchedulerConfig(routing="random")
+
+
+def test_an_answer_that_ends_with_no_token_reached_its_client_at_its_end():
+    sched, clock = scheduler()
+    sched.add_replica("a", max_num_seqs=1, total_kv_blocks=100, block_size=16)
+    sched.submit(make_request("r"))
+    sched.schedule()
+    clock.advance_to(2.0)
+    [ended] = sched.apply(events("a", started=["r"], ended={"r": FinishReason.STOP}))
+    assert ended.generated == 0 and timing_of(ended).ttft == timing_of(ended).e2e == 2.0
