@@ -119,8 +119,9 @@ class SLOSearchConfig:
 @dataclass(frozen=True, slots=True)
 class PolicyConfig:
     name: str = "ltr"
-    # LTR starvation prevention (Fu et al. 2024): a request left waiting this many scheduling
-    # rounds is promoted for `priority_quantum` rounds, then demoted with its counter reset.
+    # LTR starvation prevention (Fu et al. 2024): a request left waiting this many engine rounds
+    # (a scheduling round of N replicas counts 1/N) is promoted for `priority_quantum` of them,
+    # then demoted with its counter reset.
     starvation_threshold: int = 200
     priority_quantum: int = 10
     # A promoted slice's end sends the request back to the queue, and its resume recomputes the

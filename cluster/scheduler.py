@@ -199,7 +199,7 @@ class Scheduler:
             self.queue.remove(waiting)
         blocked = not self.routing.has_room(replicas)
         if not blocked:
-            self.queue.begin_round(now)
+            self.queue.begin_round(now, len(replicas))
         rejected: list[Request] = []
         headroom = self.config.kv_headroom_fraction
         priority = lambda r: self.queue.priority(r, now)  # noqa: E731

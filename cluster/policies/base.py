@@ -23,8 +23,8 @@ class RequestQueue(ABC):
     """Queued requests in dispatch order.
 
     `ordered(now)` yields best-first; the caller may `remove` yielded requests during or after
-    the iteration. `begin_round()` marks one scheduling round in which replicas had room: the
-    unit of LTR's starvation counter.
+    the iteration. `begin_round()` marks one scheduling round in which replicas had room, and
+    how many replicas serve (LTR's starvation counter counts a round as 1/N engine rounds).
     """
 
     def __init__(self, config: PolicyConfig) -> None:
@@ -57,7 +57,8 @@ class RequestQueue(ABC):
         """Most requests the policy lets the replica hold at once; None: its own limit."""
         return None
 
-    def begin_round(self, now: float) -> None:
+    def begin_round(self, now: float, replicas: int = 1) -> None:
+        """One scheduling round of a cluster of `replicas` serving replicas."""
         self.round += 1
 
     @abstractmethod
