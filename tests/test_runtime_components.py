@@ -22,12 +22,18 @@ SLICE = 8
 
 
 @pytest.fixture(scope="module")
-def scheduler(ray_local, tmp_path_factory):
+def deployment(tmp_path_factory):
+    """The scheduler's settings and replica specs, as an ingress deploys them."""
     replica = ReplicaConfig(
         kind="simulated", num_cpus=0.1, work_dir=str(tmp_path_factory.mktemp("sim"))
     )
     specs = replica_specs("/unused", EngineConfig(max_num_seqs=4), replica, 2)
-    config = SchedulerConfig(policy=PolicyConfig(name="fcfs"), slice_tokens=SLICE)
+    return SchedulerConfig(policy=PolicyConfig(name="fcfs"), slice_tokens=SLICE), specs
+
+
+@pytest.fixture(scope="module")
+def scheduler(ray_local, deployment):
+    config, specs = deployment
     handle = (
         ray.remote(SchedulerActor).options(**scheduler_actor_options(False)).remote(config, specs)
     )
@@ -145,3 +151,23 @@ def test_a_restarted_scheduler_takes_back_the_fleet_as_it_was_and_the_requests_i
     assert all(r.alive for r in s.replicas)
     record = asyncio.run(generate(path, request("after-restart", 12)))
     assert len(record.output_token_ids) == 12
+
+
+def test_an_ingress_that_restarts_leaves_the_fleet_as_scaled_and_a_new_deployment_applies(
+    scheduler, deployment
+):
+    """Each ingress replica reconciles the scheduler to its deployment as it starts: one that
+    Serve restarts re-applies the deployment applied last, which must not undo a scale-up or a
+    policy switch made since; a changed deployment does apply."""
+    config, specs = deployment
+    ids = ["replica-0", "replica-1", "replica-2"]
+    assert ray.get(scheduler.scale.remote(3), timeout=120) == ids
+    ray.get(scheduler.set_policy.remote(PolicyConfig(name="ltr")), timeout=30)
+    ray.get(scheduler.reconcile.remote(config, specs), timeout=120)
+    assert [r.replica_id for r in status(scheduler).replicas] == ids
+    assert status(scheduler).policy == "ltr"
+    ray.get(scheduler.reconcile.remote(config, specs[:1]), timeout=120)
+    s = status(scheduler)
+    assert [r.replica_id for r in s.replicas] == ["replica-0"] and s.policy == "fcfs"
+    ray.get(scheduler.reconcile.remote(config, specs), timeout=120)  # back as it began
+    assert [r.replica_id for r in status(scheduler).replicas] == ["replica-0", "replica-1"]

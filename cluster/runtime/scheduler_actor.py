@@ -65,6 +65,7 @@ class SchedulerActor:
     ) -> None:
         configure_logging(logs or LogConfig(), "scheduler", "scheduler")
         self._core = Scheduler(config, WallClock())
+        self._deployed = (config, replicas)  # what `reconcile` applied last
         self.fleet = ReplicaFleet(
             replicas,
             lambda: ray.get_runtime_context().current_actor,
@@ -282,8 +283,13 @@ class SchedulerActor:
         self, config: SchedulerConfig, replicas: list[ReplicaSpec]
     ) -> list[ReplicaInfo]:
         """Bring the cluster to a (re)deployment's settings, then start what is missing. The
-        scheduling settings change only while no request is in flight."""
+        scheduling settings change only while no request is in flight. The deployment applied
+        last, applied again (one of its ingresses restarted), leaves the fleet as scaled since
+        and the policy as set since."""
         await self._ready()
+        if (config, replicas) == self._deployed:
+            return await self.fleet.start()
+        self._deployed = (config, replicas)
         if config != self.config:
             try:
                 self._core.reconfigure(config)
@@ -331,11 +337,8 @@ class SchedulerActor:
         rid = state.submit.request_id
         if rid in self._ended:
             return
-        try:
+        if self._known(rid):
             known = self._core.get(rid)
-        except UnknownRequest:
-            known = None
-        if known is not None:
             # A report of an older dispatch (taken before its caller moved on and delivered
             # after) is stale: the caller follows the newer one, and the counts are put right
             # by the caller's `delivered` at its next dispatch.
