@@ -1,11 +1,13 @@
-"""Binding Ray Serve's gRPC proxy to the service's host.
+"""Binding Ray Serve's gRPC proxy to the service's host (and guarding its HTTP streams).
 
 Ray Serve 2.60's gRPC proxy takes a port but no host: it listens on `[::]:port`, every
 interface, whatever `http_options.host` says. Ray runs the callback named by
 `RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH` in each proxy before its servers start; `install`
-is that callback: it makes the proxy bind gRPC to `RANKSERVE_GRPC_HOST` instead. The launcher
-sets both variables for the Serve controller, whose proxies inherit them
-(`proxy_env(host)`); on a cluster started otherwise, set them on the nodes (runbooks/).
+is that callback: it makes the proxy bind gRPC to `RANKSERVE_GRPC_HOST` instead, and wraps its
+HTTP app in serve_app.stream_guard (a stream its ingress replica stopped short ends with an
+error event). The launcher sets both variables for the Serve controller, whose proxies
+inherit them (`proxy_env(host)`); on a cluster started otherwise, set them on the nodes
+(runbooks/).
 """
 
 from __future__ import annotations
@@ -33,11 +35,17 @@ def bind_address(address: str, host: str) -> str:
 
 
 def install() -> list[Any]:
-    """The proxy callback: rebinds gRPC, adds no HTTP middleware. If Ray no longer has the
+    """The proxy callback: rebinds gRPC, and returns the HTTP middleware that ends a stream
+    cut mid-way with an error event (serve_app.stream_guard). If Ray no longer has the
     function this replaces, the proxy fails to start rather than listen everywhere."""
+    from starlette.middleware import Middleware
+
+    from serve_app.stream_guard import StreamGuard, ray_cut_counter
+
+    guard = [Middleware(StreamGuard, count_cut=ray_cut_counter())]
     host = os.environ.get(HOST_VAR)
     if not host:
-        return []
+        return guard
     from ray.serve._private import default_impl
 
     listen_everywhere = default_impl.add_grpc_address
@@ -48,4 +56,4 @@ def install() -> list[Any]:
         listen_everywhere(server, bound)
 
     default_impl.add_grpc_address = add_grpc_address
-    return []
+    return guard

@@ -250,22 +250,28 @@ def test_scheduler_kill_loses_no_request_and_no_token(url):
 
 
 def test_requests_of_a_dead_ingress_are_aborted_as_client_gone(url):
+    """The client's stream ends with an error event (Serve's proxy would just drop the
+    connection: serve_app.stream_guard); the engine's work for it stops."""
     body = {"model": MODEL, "prompt": "orphan", "max_tokens": 800, "ignore_eos": True}
     body["stream"] = True
 
-    async def orphan():
-        async with httpx.AsyncClient(base_url=url.http, timeout=120) as client:
-            try:
-                async with client.stream("POST", "/v1/completions", json=body) as r:
-                    async for line in r.aiter_lines():
-                        if line.startswith("data: {"):
-                            kill_9("ServeReplica:rankserve:RankServeIngress")
-                            break
-            except httpx.HTTPError:
-                pass
+    async def orphan() -> list[str]:
+        lines = []
+        async with (
+            httpx.AsyncClient(base_url=url.http, timeout=120) as client,
+            client.stream("POST", "/v1/completions", json=body) as r,
+        ):
+            async for line in r.aiter_lines():
+                if line.startswith("data: {") and not lines:
+                    kill_9("ServeReplica:rankserve:RankServeIngress")
+                lines.append(line)
+        return lines
 
     failed_before = status().failed
-    asyncio.run(orphan())
+    lines = asyncio.run(orphan())
+    assert "data: [DONE]" not in lines and "event: error" in lines, lines[-3:]
+    error = json.loads(lines[lines.index("event: error") + 1].removeprefix("data: "))["error"]
+    assert error["code"] == "stream_lost"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         s = status()

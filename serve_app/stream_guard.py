@@ -1,0 +1,112 @@
+"""An event stream cut short in Serve's HTTP proxy ends with an error event, not a dropped
+connection.
+
+The ingress replica writes the stream; Serve's proxy relays it to the client. When that replica
+dies mid-stream (killed, out of memory, its node gone), the proxy stops relaying and closes the
+connection without the chunked body's end: the client sees a transport error and no word on
+what happened. `StreamGuard` is an ASGI middleware in the proxy (installed by the proxy callback,
+serve_app.grpc_bind): a `text/event-stream` response whose body never ended gets an
+OpenAI-style `error` event and a proper end, and the proxy's log gets a line and Ray's metrics a
+count (`rankserve_proxy_streams_cut_total`); a request whose response had not begun gets an
+OpenAI-style 502 instead of the server's bare 500.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from serve_app import openai_protocol as oa
+
+logger = logging.getLogger("ray.serve")  # the proxy's own log file
+
+Message = MutableMapping[str, Any]
+Send = Callable[[Message], Awaitable[None]]
+
+LOST = (
+    "The server failed this request before answering (the replica serving it stopped or "
+    "failed; the proxy's log has the cause). Retry the request."
+)
+CUT_ERROR = oa.APIError(
+    "The server lost this stream mid-way (the replica serving it stopped); the tokens sent so "
+    "far stand, the rest will not come. Retry the request.",
+    502,
+    "server_error",
+    code="stream_lost",
+)
+
+
+class StreamGuard:
+    def __init__(self, app: Callable[..., Awaitable[None]], count_cut: Callable[[], None]) -> None:
+        self.app = app
+        self._count_cut = count_cut
+
+    async def __call__(self, scope: Message, receive: Any, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        response = _ResponseWatch(send)
+        try:
+            await self.app(scope, receive, response.send)
+        except Exception:
+            if response.finished or (response.started and not response.event_stream):
+                raise
+            logger.warning("rankserve: the proxy's relay of %s failed", scope.get("path"))
+        if response.finished:
+            return
+        if not response.started:
+            # Serve's proxy answers a request whose replica died before its response began
+            # with nothing (the server then says a bare 500): say why, as OpenAI clients read it.
+            error = oa.APIError(LOST, 502, "server_error", code="replica_lost")
+            with contextlib.suppress(Exception):
+                await _send_json(send, error)
+        elif response.event_stream:
+            logger.warning(
+                "rankserve: an event stream of %s was cut mid-way; ended it with an error event",
+                scope.get("path"),
+            )
+            self._count_cut()
+            with contextlib.suppress(Exception):  # the client may be gone too
+                body = oa.sse_error(CUT_ERROR).encode()
+                await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+async def _send_json(send: Send, error: oa.APIError) -> None:
+    body = json.dumps(error.body()).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": error.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+class _ResponseWatch:
+    """Relays a response's messages and notes how far it got."""
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.started = False
+        self.finished = False
+        self.event_stream = False
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = {k.lower(): v for k, v in message.get("headers", [])}
+            self.event_stream = headers.get(b"content-type", b"").startswith(b"text/event-stream")
+            self.started = True
+        elif message["type"] == "http.response.body" and not message.get("more_body", False):
+            self.finished = True
+        await self._send(message)
+
+
+def ray_cut_counter() -> Callable[[], None]:
+    """A Ray metrics counter of cut streams (the proxy's process exports it)."""
+    from ray.util.metrics import Counter
+
+    counter = Counter(
+        "rankserve_proxy_streams_cut_total",
+        description="Event streams the Serve proxy relayed that ended before their end (the "
+        "ingress replica died mid-stream); each ended with an error event.",
+    )
+    return lambda: counter.inc()
