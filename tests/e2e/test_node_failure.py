@@ -67,7 +67,6 @@ def cluster(tmp_path_factory):
             settings, "127.0.0.1", launcher.free_port(), launcher.free_port()
         )
         worker = nodes.add_node(cpus=1)
-        wait_for(lambda: len(alive_nodes()) == 2, 60, "the worker node did not join")
         specs = replica_specs(
             str(build()), ENGINE, ReplicaConfig(work_dir=str(work)), 2, ("0", "1")
         )
