@@ -104,7 +104,7 @@ async def one_request(client: httpx.AsyncClient, phase: Phase, rng: random.Rando
                 elif line.startswith("data: {"):
                     event = json.loads(line[6:])
                     if "error" in event:
-                        out.why = event["error"]["message"][:120]
+                        out.why = event["error"]["message"]
                     elif event.get("usage"):
                         out.tokens = event["usage"]["completion_tokens"]
     except httpx.HTTPError as e:
