@@ -40,9 +40,9 @@ def install() -> list[Any]:
     function this replaces, the proxy fails to start rather than listen everywhere."""
     from starlette.middleware import Middleware
 
-    from serve_app.stream_guard import StreamGuard, ray_cut_counter
+    from serve_app.stream_guard import StreamGuard, ray_lost_counter
 
-    guard = [Middleware(StreamGuard, count_cut=ray_cut_counter())]
+    guard = [Middleware(StreamGuard, count_lost=ray_lost_counter())]
     host = os.environ.get(HOST_VAR)
     if not host:
         return guard

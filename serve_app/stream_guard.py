@@ -6,9 +6,9 @@ dies mid-stream (killed, out of memory, its node gone), the proxy stops relaying
 connection without the chunked body's end: the client sees a transport error and no word on
 what happened. `StreamGuard` is an ASGI middleware in the proxy (installed by the proxy callback,
 serve_app.grpc_bind): a `text/event-stream` response whose body never ended gets an
-OpenAI-style `error` event and a proper end, and the proxy's log gets a line and Ray's metrics a
-count (`rankserve_proxy_streams_cut_total`); a request whose response had not begun gets an
-OpenAI-style 502 instead of the server's bare 500.
+OpenAI-style `error` event and a proper end; a request whose response had not begun gets an
+OpenAI-style 502 instead of the server's bare 500. Either way the proxy's log gets a line and
+Ray's metrics a count (`rankserve_proxy_requests_lost_total`, by error code).
 """
 
 from __future__ import annotations
@@ -40,9 +40,11 @@ CUT_ERROR = oa.APIError(
 
 
 class StreamGuard:
-    def __init__(self, app: Callable[..., Awaitable[None]], count_cut: Callable[[], None]) -> None:
+    def __init__(
+        self, app: Callable[..., Awaitable[None]], count_lost: Callable[[str], None]
+    ) -> None:
         self.app = app
-        self._count_cut = count_cut
+        self._count_lost = count_lost  # called with the error code the client was sent
 
     async def __call__(self, scope: Message, receive: Any, send: Send) -> None:
         if scope["type"] != "http":
@@ -60,7 +62,11 @@ class StreamGuard:
         if not response.started:
             # Serve's proxy answers a request whose replica died before its response began
             # with nothing (the server then says a bare 500): say why, as OpenAI clients read it.
+            logger.warning(
+                "rankserve: %s got no response from its replica; answered 502", scope.get("path")
+            )
             error = oa.APIError(LOST, 502, "server_error", code="replica_lost")
+            self._count_lost(error.code)
             with contextlib.suppress(Exception):
                 await _send_json(send, error)
         elif response.event_stream:
@@ -68,7 +74,7 @@ class StreamGuard:
                 "rankserve: an event stream of %s was cut mid-way; ended it with an error event",
                 scope.get("path"),
             )
-            self._count_cut()
+            self._count_lost(CUT_ERROR.code)
             with contextlib.suppress(Exception):  # the client may be gone too
                 body = oa.sse_error(CUT_ERROR).encode()
                 await send({"type": "http.response.body", "body": body, "more_body": False})
@@ -100,13 +106,16 @@ class _ResponseWatch:
         await self._send(message)
 
 
-def ray_cut_counter() -> Callable[[], None]:
-    """A Ray metrics counter of cut streams (the proxy's process exports it)."""
+def ray_lost_counter() -> Callable[[str], None]:
+    """A Ray metrics counter of the requests the guard answered for (the proxy's process
+    exports it), by the error code sent."""
     from ray.util.metrics import Counter
 
     counter = Counter(
-        "rankserve_proxy_streams_cut_total",
-        description="Event streams the Serve proxy relayed that ended before their end (the "
-        "ingress replica died mid-stream); each ended with an error event.",
+        "rankserve_proxy_requests_lost_total",
+        description="Requests whose ingress replica died under them in the Serve proxy: "
+        "code stream_lost, an event stream ended with an error event; replica_lost, answered "
+        "502 before any response.",
+        tag_keys=("code",),
     )
-    return lambda: counter.inc()
+    return lambda code: counter.inc(tags={"code": code})
