@@ -32,7 +32,9 @@ def mooncake(tmp_path):
         for ts, i, o in rows:
             ids = [0, ts]  # a second block per row, to see that they follow the sort
             f.write(
-                json.dumps({"timestamp": ts, "input_length": i, "output_length": o, "hash_ids": ids})
+                json.dumps(
+                    {"timestamp": ts, "input_length": i, "output_length": o, "hash_ids": ids}
+                )
                 + "\n"
             )
     return path
