@@ -70,6 +70,24 @@ def wait_idle(scheduler, timeout: float = 30.0):
         time.sleep(0.1)
 
 
+def wait_restarted(scheduler, timeout: float = 60.0):
+    """The status of a killed scheduler (that had finished requests) from its new life: its
+    counters start at 0. The kill lands a moment after `ray.kill` returns, and calls fail while
+    Ray restarts the actor."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            s = status(scheduler)
+            if s.finished == 0:
+                return s
+        except ray.exceptions.ActorUnavailableError:
+            pass
+        assert time.monotonic() < deadline, "the scheduler did not come back"
+        time.sleep(0.2)
+
+
 def test_a_sliced_request_streams_exactly_its_tokens_and_is_counted_finished(scheduler):
     before = status(scheduler)
     path = GenerationPath(scheduler, HeuristicScorer())
@@ -125,8 +143,8 @@ def test_a_caller_that_goes_away_frees_its_slot_and_counts_as_failed(scheduler):
 def test_a_restarted_scheduler_takes_back_the_fleet_as_it_was_and_the_requests_in_flight(
     scheduler,
 ):
-    """Killed for good measure after a scale-up: Ray restarts it with the specs it was created
-    with (2 replicas), and it takes back the 3 live replicas and what they run."""
+    """Killed mid-load after a scale-up: Ray restarts it, and it takes back the 3 live
+    replicas and what they run."""
     path = GenerationPath(scheduler, HeuristicScorer())
     assert ray.get(scheduler.scale.remote(3), timeout=120) == [
         "replica-0",
@@ -171,3 +189,18 @@ def test_an_ingress_that_restarts_leaves_the_fleet_as_scaled_and_a_new_deploymen
     assert [r.replica_id for r in s.replicas] == ["replica-0"] and s.policy == "fcfs"
     ray.get(scheduler.reconcile.remote(config, specs), timeout=120)  # back as it began
     assert [r.replica_id for r in status(scheduler).replicas] == ["replica-0", "replica-1"]
+
+
+def test_a_restarted_scheduler_keeps_the_settings_it_had_not_its_first(scheduler, deployment):
+    """Ray restarts a dead actor with the arguments it was first created with (fcfs, 2
+    replicas); the settings record gives it back the policy switched and the scale-down since:
+    the replica scaled away is not started again."""
+    path = GenerationPath(scheduler, HeuristicScorer())
+    assert len(asyncio.run(generate(path, request("before-kill", 5))).output_token_ids) == 5
+    ray.get(scheduler.set_policy.remote(PolicyConfig(name="ltr")), timeout=30)
+    assert ray.get(scheduler.scale.remote(1), timeout=120) == ["replica-0"]
+    ray.kill(scheduler, no_restart=False)
+    s = wait_restarted(scheduler)
+    assert s.policy == "ltr" and [r.replica_id for r in s.replicas] == ["replica-0"]
+    ray.get(scheduler.set_policy.remote(PolicyConfig(name="fcfs")), timeout=30)
+    assert ray.get(scheduler.scale.remote(2), timeout=120) == ["replica-0", "replica-1"]

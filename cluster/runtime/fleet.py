@@ -74,9 +74,10 @@ class ReplicaFleet:
         on_up: Callable[[ReplicaSnapshot], None],
         on_down: Callable[[str, str], None],
         replace_dead: bool = True,
+        on_specs_change: Callable[[], None] = lambda: None,
     ) -> None:
         """`owner()` gives the scheduler actor's handle (known only once it runs), which
-        replicas report to."""
+        replicas report to; `on_specs_change()` follows every change to the specs."""
         self.specs: dict[str, ReplicaSpec] = {s.replica_id: s for s in specs}
         self.handles: dict[str, Any] = {}
         self.infos: dict[str, ReplicaInfo] = {}
@@ -89,6 +90,7 @@ class ReplicaFleet:
         self._retry_at: dict[str, float] = {}  # missing replica -> when to try again
         self._health: asyncio.Task | None = None
         self._owner = owner
+        self._specs_changed = on_specs_change
 
     async def attach_live(self) -> list[str]:
         """Reattach to the configured replicas that are running (under a restarted scheduler),
@@ -191,6 +193,7 @@ class ReplicaFleet:
             adopted.append(replica_id)
         if adopted:
             logger.warning("replicas taken back into the fleet: %s", ", ".join(adopted))
+            self._specs_changed()
         return adopted
 
     async def settle(self) -> None:
@@ -203,6 +206,7 @@ class ReplicaFleet:
         (they continue elsewhere, with their prefix). Returns the replica ids after."""
         kept, removed = plan_scale(list(self.specs.values()), num_replicas)
         self.specs = {s.replica_id: s for s in kept}
+        self._specs_changed()
         for replica_id in removed:
             self.drop(replica_id, "scaled down")
         await self.start()
@@ -211,6 +215,7 @@ class ReplicaFleet:
     def retire(self, replica_id: str) -> None:
         """Remove one replica for good (autoscaling's scale-down, after its drain)."""
         self.specs.pop(replica_id, None)
+        self._specs_changed()
         self.drop(replica_id, "scaled down")
 
     async def reconcile(self, wanted: list[ReplicaSpec]) -> list[ReplicaInfo]:
@@ -223,6 +228,7 @@ class ReplicaFleet:
             self.drop(replica_id, "settings changed")
         for spec in add:
             self.specs[spec.replica_id] = spec
+        self._specs_changed()
         return await self.start()
 
     def drop(self, replica_id: str, why: str) -> None:

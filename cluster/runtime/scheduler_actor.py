@@ -6,11 +6,11 @@ naming a replica; its `ReplicaFleet` starts, watches and replaces the engine rep
 never pass through it: the ingress streams them straight from the replica, and replicas send it
 coalesced, numbered reports. Every event runs a scheduling round.
 
-It survives its own death: Ray restarts it, its fleet reattaches to the (detached) replicas,
-their snapshots give back what runs where with the tokens so far, and the ingresses give back
-what waits (each call carries the request's description and the tokens its client holds).
-Requests whose ingress stops renewing its lease are aborted as "client gone" (see
-cluster.runtime.leases for when a lease runs).
+It survives its own death: Ray restarts it with its recorded settings (settings_record), its
+fleet reattaches to the (detached) replicas, their snapshots give back what runs where with the
+tokens so far, and the ingresses give back what waits (each call carries the request's
+description and the tokens its client holds). Requests whose ingress stops renewing its lease
+are aborted as "client gone" (cluster.runtime.leases).
 """
 
 from __future__ import annotations
@@ -43,8 +43,10 @@ from cluster.runtime.protocol import (
     SubmitRequest,
     Ticket,
 )
+from cluster.runtime.settings_record import SchedulerSettings, forget, record, settings_at_start
 from cluster.runtime.spec import ReplicaSpec
 from cluster.runtime.status import ClusterStatus
+from cluster.runtime.tickets import TicketBoard
 from cluster.scheduler import Scheduler, UnknownRequest
 
 logger = logging.getLogger(__name__)
@@ -64,19 +66,21 @@ class SchedulerActor:
         logs: LogConfig | None = None,
     ) -> None:
         configure_logging(logs or LogConfig(), "scheduler", "scheduler")
-        self._core = Scheduler(config, WallClock())
-        self._deployed = (config, replicas)  # what `reconcile` applied last
+        settings = settings_at_start(config, replicas)
+        self._core = Scheduler(settings.config, WallClock())
+        self._deployed = settings.deployed  # what `reconcile` applied last
         self.fleet = ReplicaFleet(
-            replicas,
+            settings.replicas,
             lambda: ray.get_runtime_context().current_actor,
             self._replica_up,
             self._replica_down,
             replace_dead,
+            self._record_settings,
         )
+        self._record_settings()
         self.metrics = SchedulerMetrics(self._core, self.fleet)
         self._early_ends = EarlyEndDelivery(self.fleet.handles)
-        self._tickets: dict[str, Ticket] = {}
-        self._waiters: dict[str, asyncio.Future] = {}
+        self._tickets = TicketBoard()
         self._counts = CallerCounts()  # callers' token counts, until their dispatch ends
         self._report_seq: dict[str, int] = {}  # replica -> last report applied
         self._leases = IngressLeases(self.INGRESS_LEASE_S)
@@ -104,12 +108,10 @@ class SchedulerActor:
 
     @ray.method(max_task_retries=-1)
     async def boot(self) -> None:
-        """Attach to the live replicas, let every waiting call in, then start the missing ones
-        (a restarted scheduler serves with what it found meanwhile). Called by the actor itself
-        as it is created: Ray cancels the calls of a call that is cancelled (a caller timed
-        out), and the fleet's start must not go with it. Retried: a restarted actor's call to
-        itself can be refused while Ray still has it as restarting (and every call would then
-        wait for ever); the retries of a call that did get through change nothing."""
+        """Attach to the live replicas, let every waiting call in, then start the missing ones.
+        Called by the actor itself (a caller's call, cancelled on its timeout, would cancel the
+        start with it); retried, as a restarted actor's call to itself can be refused while Ray
+        has it as restarting (every call would then wait for ever)."""
         if self._boot_began:
             return
         self._boot_began = True
@@ -206,18 +208,11 @@ class SchedulerActor:
             self._register(submit, delivered, dispatches=after)
             self._schedule()
         if self._core.resume_from(rid, delivered):
-            self._tickets.pop(rid, None)
+            self._tickets.withdraw(rid)
             self._schedule()
         elif self._core.get(rid).num_dispatches == after:  # its end is not reported yet
             self._counts.hold(rid, after, delivered)
-        ticket = self._tickets.get(rid)
-        if ticket is not None and ticket.dispatch_no > after:
-            return ticket
-        future = self._waiters.get(rid)
-        if future is None or future.done():
-            future = asyncio.get_running_loop().create_future()
-            self._waiters[rid] = future
-        return await asyncio.shield(future)
+        return await self._tickets.after(rid, after)
 
     async def heartbeat(self, ingress_id: str) -> None:
         """An ingress renews the lease of its requests (before the boot ends too: a lease is
@@ -262,22 +257,25 @@ class SchedulerActor:
     async def set_policy(self, policy: PolicyConfig) -> None:
         """Switch the scheduling policy (benchmarks compare policies on the same engines).
         Only between requests: the queue's order would mean nothing across two policies."""
-        await self._ready()
-        self._core.reconfigure(dataclasses.replace(self.config, policy=policy))
-        logger.info("policy is now %s", policy.name)
+        await self._reconfigure(policy=policy)
 
     async def set_admission(self, admission: AdmissionConfig) -> None:
         """New queue bounds, applied at once (see Scheduler.set_admission)."""
         await self._ready()
         self._core.set_admission(admission)
+        self._record_settings()
         logger.info("admission is now %s", admission)
 
     async def set_preemption(self, preemption: PreemptionConfig) -> None:
         """Switch scheduler-driven preemption (or its guards); only between requests, as a
         policy (Scheduler.reconfigure)."""
+        await self._reconfigure(preemption=preemption)
+
+    async def _reconfigure(self, **changes: object) -> None:
         await self._ready()
-        self._core.reconfigure(dataclasses.replace(self.config, preemption=preemption))
-        logger.info("preemption is now %s", preemption)
+        self._core.reconfigure(dataclasses.replace(self.config, **changes))
+        self._record_settings()
+        logger.info("settings changed: %s", changes)
 
     async def reconcile(
         self, config: SchedulerConfig, replicas: list[ReplicaSpec]
@@ -302,12 +300,16 @@ class SchedulerActor:
         return self.metrics.status()
 
     async def shutdown(self) -> None:
-        """Stop the replicas' engines and actors."""
+        """Stop the replicas' engines and actors; the settings are forgotten."""
         if self._lease_task is not None:
             self._lease_task.cancel()
         await self.fleet.shutdown()
+        forget()
 
     # ---- internals ------------------------------------------------------------------------
+
+    def _record_settings(self) -> None:
+        record(SchedulerSettings(self.config, self._deployed, list(self.fleet.specs.values())))
 
     def _known(self, request_id: str) -> bool:
         try:
@@ -366,32 +368,25 @@ class SchedulerActor:
         rid = request.request_id
         self._core.forget(rid)
         self.metrics.ended(request)
-        self._tickets.pop(rid, None)
         self._counts.forget(rid)
         self._leases.forget(rid)
         why = request.error or "ended"
         self._ended.remember(rid, why, request.refusal)
-        future = self._waiters.pop(rid, None)
-        if future is not None and not future.done():
-            refusal = request.refusal
-            future.set_result(Ticket(rid, request.num_dispatches, error=why, refusal=refusal))
+        self._tickets.end(Ticket(rid, request.num_dispatches, error=why, refusal=request.refusal))
 
     def _schedule(self) -> None:
         for d in self._core.schedule():
-            rid = d.request.request_id
-            ticket = Ticket(
-                rid,
-                d.request.num_dispatches,
-                d.replica_id,
-                self.fleet.handles[d.replica_id],
-                d.priority,
-                d.max_new_tokens,
-                d.final,
+            self._tickets.post(
+                Ticket(
+                    d.request.request_id,
+                    d.request.num_dispatches,
+                    d.replica_id,
+                    self.fleet.handles[d.replica_id],
+                    d.priority,
+                    d.max_new_tokens,
+                    d.final,
+                )
             )
-            self._tickets[rid] = ticket
-            future = self._waiters.pop(rid, None)
-            if future is not None and not future.done():
-                future.set_result(ticket)
         # Requests no replica could ever hold (context beyond every KV cache), or dropped from
         # the queue by admission control: answer them now.
         for request in self._core.take_rejected():
