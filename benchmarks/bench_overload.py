@@ -29,7 +29,7 @@ import psutil
 import ray
 from tqdm import tqdm
 
-from benchmarks.bench_chaos import forced_stream
+from benchmarks.chaos_load import forced_stream
 from benchmarks.report import update_section
 from cluster.config import AdmissionConfig
 from serve_app import launcher
