@@ -67,7 +67,7 @@ async def one_request(client: httpx.AsyncClient, phase: Phase, rng: random.Rando
         async with client.stream("POST", "/v1/completions", json=body) as r:
             if r.status_code != 200:
                 out.http_error = r.status_code
-                out.why = f"HTTP {r.status_code}: {(await r.aread())[:120]!r}"
+                out.why = f"HTTP {r.status_code}: {error_message(await r.aread())}"
                 return
             async for line in r.aiter_lines():
                 if line == "event: error":
@@ -132,3 +132,11 @@ def reasons(phases: list[Phase]) -> list[str]:
                 counts[key] = counts.get(key, 0) + 1
         lines += [f"- {p.kind}: {n} x {why}" for why, n in sorted(counts.items())]
     return lines or ["- every request came whole"]
+
+
+def error_message(body: bytes) -> str:
+    """An OpenAI-style error body's message, else the body's start."""
+    try:
+        return str(json.loads(body)["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        return repr(body[:120])
