@@ -93,12 +93,11 @@ def placement_report() -> str:
 async def kill_and_recover(
     phase: Phase, url: str, nodes: LocalCluster, worker: str, state: dict, args
 ) -> float:
-    timeout = args.recovery_timeout_s
     kind = phase.kind
     if kind == "replica":
         kill_9("EngineReplica")
         await asyncio.sleep(3)
-        return 3 + await until(lambda: sum(r.alive for r in status().replicas) == 2)
+        return 3 + await until(both_replicas_serving)
     if kind == "predictor":
         kill_9("PredictorActor")
         await asyncio.sleep(1)
@@ -118,9 +117,8 @@ async def kill_and_recover(
     nodes.kill_node(worker)
     # A node with room arrives, as an autoscaler would bring one (off the loop: it waits).
     joining = asyncio.create_task(asyncio.to_thread(nodes.add_node, 1))
-    both = lambda: sum(r.alive for r in status().replicas) == 2  # noqa: E731
     with contextlib.suppress(TimeoutError):
-        await until(both, args.phase_s - args.kill_after_s)
+        await until(both_replicas_serving, args.phase_s - args.kill_after_s)
         return time.monotonic() - t0
     # Not back under the load: on this machine the node and its engine start on the two cores
     # that the load saturates (a node added to a real cluster brings its own). The load
@@ -136,13 +134,18 @@ async def kill_and_recover(
     try:
         await joining
         try:
-            await until(both, timeout)
+            await until(both_replicas_serving, args.recovery_timeout_s)
         except TimeoutError:
-            raise TimeoutError(f"not serving in {timeout:g} s ({placement_report()})") from None
+            limit = f"{args.recovery_timeout_s:g} s"
+            raise TimeoutError(f"not serving in {limit} ({placement_report()})") from None
         phase.note += f", serving {time.monotonic() - paused:.1f} s later"
     finally:
         state["running"].set()
     return time.monotonic() - t0
+
+
+def both_replicas_serving() -> bool:
+    return sum(r.alive for r in status().replicas) == 2
 
 
 def replica_placed_on(ip: str) -> bool:
@@ -238,7 +241,7 @@ def main() -> None:
         "--recovery-timeout-s",
         type=float,
         default=600.0,
-        help="how long to wait for a recovery (the node's: after the load paused)",
+        help="node kill: how long to wait for the replacement once the load paused",
     )
     p.add_argument(
         "--kinds",

@@ -5,7 +5,6 @@ and never read past the limit); gRPC calls through `FrontDoor.check_grpc`."""
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -13,7 +12,7 @@ from typing import Any
 from serve_app import limits
 from serve_app.auth import APIKeys, bearer_token
 from serve_app.config import LimitSettings
-from serve_app.openai_protocol import APIError
+from serve_app.openai_protocol import APIError, send_error
 
 logger = logging.getLogger(__name__)
 
@@ -67,15 +66,6 @@ def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
 
 class _BodyTooLarge(Exception):
     pass
-
-
-async def send_error(send: Callable[..., Any], error: APIError) -> None:
-    body = json.dumps(error.body()).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
-    if error.status == 401:
-        headers.append((b"www-authenticate", b"Bearer"))
-    await send({"type": "http.response.start", "status": error.status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
 
 
 class FrontDoorMiddleware:

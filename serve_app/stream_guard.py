@@ -14,7 +14,6 @@ Ray's metrics a count (`rankserve_proxy_requests_lost_total`, by error code).
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -68,7 +67,7 @@ class StreamGuard:
             error = oa.APIError(LOST, 502, "server_error", code="replica_lost")
             self._count_lost(error.code)
             with contextlib.suppress(Exception):
-                await _send_json(send, error)
+                await oa.send_error(send, error)
         elif response.event_stream:
             logger.warning(
                 "rankserve: an event stream of %s was cut mid-way; ended it with an error event",
@@ -78,13 +77,6 @@ class StreamGuard:
             with contextlib.suppress(Exception):  # the client may be gone too
                 body = oa.sse_error(CUT_ERROR).encode()
                 await send({"type": "http.response.body", "body": body, "more_body": False})
-
-
-async def _send_json(send: Send, error: oa.APIError) -> None:
-    body = json.dumps(error.body()).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": error.status, "headers": headers})
-    await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
 class _ResponseWatch:
