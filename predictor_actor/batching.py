@@ -41,6 +41,8 @@ class PredictorConfig:
     # different scores (measured in docs/benchmarks.md, predictor-actor). None: as the model
     # was trained.
     quantize: bool | None = None
+    # bfloat16 encoding (EncoderConfig.bf16). None: where the CPU has native bf16.
+    bf16: bool | None = None
     # Learning from the request log (retrieval memory, retrain and swap); off without a log.
     learning: LearningConfig = field(default_factory=LearningConfig)
 
@@ -116,7 +118,7 @@ class BatchingPredictor:
 
     @staticmethod
     def _load_model(config: PredictorConfig):
-        from predictor_actor.encoder import PromptEncoder
+        from predictor_actor.encoder import PromptEncoder, native_bf16
         from predictor_actor.model import RankingModel
 
         model = RankingModel.load(config.model_dir)
@@ -125,6 +127,7 @@ class BatchingPredictor:
             chunk_size=config.chunk_size,
             quantize=model.config.encoder.quantize if config.quantize is None else config.quantize,
             max_length=config.max_length or model.config.encoder.max_length,
+            bf16=native_bf16() if config.bf16 is None else config.bf16,
         )
         model = RankingModel(model.config, model.head, PromptEncoder(enc_cfg))
         model.predict_tokens(["warm-up prompt"])  # fail here, not on the first request
@@ -252,6 +255,12 @@ class BatchingPredictor:
                 if not fut.done():  # the caller may have given up (cancelled)
                     fut.set_result(res)
 
+    def _encoding(self) -> str | None:
+        if self.model is None:
+            return None
+        enc = self.model.encoder.config
+        return "int8" if enc.quantize else "bf16" if enc.bf16 else "fp32"
+
     def health(self) -> dict:
         st = self._stats
         return {
@@ -260,6 +269,7 @@ class BatchingPredictor:
             "error": self.error,
             "scorer": self.model_description,
             "max_length": self.model.encoder.config.max_length if self.model else None,
+            "encoding": self._encoding(),
             "max_batch_size": self.config.max_batch_size,
             "max_wait_ms": self.config.max_wait_ms,
             "batches": st.batches,

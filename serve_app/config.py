@@ -28,6 +28,9 @@ class PredictorSettings:
     model: str | None = None  # ranking model directory; None: the shipped one
     num_cpus: float = 0.5
     threads: int | None = 1  # torch threads of the predictor's encoder; None: auto
+    # Encode in bfloat16 (2-3x faster, same ranking: docs/predictor.md). None: where the CPU
+    # computes bf16 natively.
+    bf16: bool | None = None
     # A score call not answered in this time is scored by the heuristic (the request is served
     # either way); the predictor is then skipped for a backoff and probed again.
     deadline_s: float = 2.0

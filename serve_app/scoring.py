@@ -75,7 +75,9 @@ class PredictorActorScorer:
 
         self.settings = settings
         self._start = lambda: start_predictor_actor(
-            PredictorConfig(model_dir=settings.model, learning=settings.learning),
+            PredictorConfig(
+                model_dir=settings.model, bf16=settings.bf16, learning=settings.learning
+            ),
             name=PREDICTOR_ACTOR,
             num_cpus=settings.num_cpus,
             torch_threads=settings.threads,

@@ -22,7 +22,7 @@ def _prompts(caller: int, n: int) -> list[str]:
 
 def test_concurrent_callers_get_their_own_scores_in_order(ray_local):
     actor = start_predictor_actor(
-        PredictorConfig(max_batch_size=32, max_wait_ms=50), name=None, torch_threads=1
+        PredictorConfig(max_batch_size=32, max_wait_ms=50, bf16=False), name=None, torch_threads=1
     )
     assert ray.get(actor.health.remote())["status"] == "ok"
     callers = 8

@@ -6,7 +6,9 @@ import shutil
 import numpy as np
 import pytest
 
+from cluster.rank_agreement import kendall_tau_b
 from predictor_actor.batching import BatchingPredictor, PredictorConfig
+from predictor_actor.encoder import native_bf16
 from predictor_actor.heuristic import heuristic_lengths, heuristic_scores
 from predictor_actor.model import DEFAULT_MODEL_DIR, ModelLoadError, RankingModel
 
@@ -24,7 +26,7 @@ def _run(predictor: BatchingPredictor, prompts: list) -> list:
 
 @pytest.fixture(scope="module")
 def predictor() -> BatchingPredictor:
-    return BatchingPredictor(PredictorConfig(max_wait_ms=20))
+    return BatchingPredictor(PredictorConfig(max_wait_ms=20, bf16=False))
 
 
 def test_scores_match_the_model_and_come_back_in_order(predictor):
@@ -34,6 +36,42 @@ def test_scores_match_the_model_and_come_back_in_order(predictor):
     assert not any(p.fallback for p in preds)
     assert all(p.predicted_tokens >= 1 for p in preds)
     assert predictor.health()["status"] == "ok"
+
+
+def test_bf16_encoding_ranks_as_fp32_does():
+    prompts = [
+        f"{verb} {topic}{detail}"
+        for verb in ("Write", "List", "Explain briefly", "Translate", "Summarise")
+        for topic in ("the history of Rome", "a sorting function in Python", "why the sky is blue")
+        for detail in ("", " in 500 words, with examples and a conclusion.", "?")
+    ]
+    fp32 = RankingModel.load(DEFAULT_MODEL_DIR).score(prompts)
+    bf16 = BatchingPredictor(PredictorConfig(max_wait_ms=20, bf16=True))
+    assert bf16.health()["encoding"] == "bf16"
+    scores = np.array([p.score for p in _run(bf16, prompts)])
+    assert not np.array_equal(scores, fp32)  # encoded in bf16 indeed
+    assert kendall_tau_b(scores, fp32) > 0.95
+    np.testing.assert_allclose(scores, fp32, atol=0.3)
+    # the head runs in fp32: a prompt scores (nearly) the same alone as in a batch
+    alone = [_run(bf16, [p])[0].score for p in prompts[:5]]
+    np.testing.assert_allclose(alone, scores[:5], atol=0.05)
+
+
+@pytest.mark.parametrize(
+    "cpuinfo, native",
+    [
+        ("flags\t\t: fpu avx2 avx512f avx512_bf16\n", True),
+        ("flags\t\t: fpu avx2 amx_bf16 amx_tile\n", True),
+        ("Features\t: fp asimd bf16 i8mm\n", True),  # Arm (e.g. Graviton 3)
+        ("flags\t\t: fpu avx2 avx512f avx512bw\n", False),
+        ("", False),
+    ],
+)
+def test_native_bf16_is_read_from_the_cpu_flags(tmp_path, cpuinfo, native):
+    path = tmp_path / "cpuinfo"
+    path.write_text(cpuinfo)
+    assert native_bf16(path) is native
+    assert native_bf16(tmp_path / "absent") is False
 
 
 def test_bad_prompts_never_fail_their_batch(predictor):

@@ -197,6 +197,7 @@ def test_a_restarted_scheduler_keeps_the_settings_it_had_not_its_first(scheduler
     the replica scaled away is not started again."""
     path = GenerationPath(scheduler, HeuristicScorer())
     assert len(asyncio.run(generate(path, request("before-kill", 5))).output_token_ids) == 5
+    wait_idle(scheduler)  # the client has its tokens a moment before the request's end is booked
     ray.get(scheduler.set_policy.remote(PolicyConfig(name="ltr")), timeout=30)
     assert ray.get(scheduler.scale.remote(1), timeout=120) == ["replica-0"]
     ray.kill(scheduler, no_restart=False)
