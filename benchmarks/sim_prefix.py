@@ -22,6 +22,8 @@ from tqdm import tqdm
 from benchmarks.report import update_section
 from benchmarks.sim_preemption import MOONCAKE_CONV, PROFILE, trace_window
 from cluster.config import EngineConfig, PolicyConfig, SchedulerConfig
+from cluster.latency_model import LatencyModel
+from cluster.prefix_blocks import TRACE_BLOCK_TOKENS
 from cluster.sim.simulator import SimulationConfig, SimulationResult, simulate
 from cluster.sim.step_time import load_profile
 from cluster.workload.datasets import default_shared_dir
@@ -44,7 +46,28 @@ def prefill_computed(r: SimulationResult) -> int:
     return r.admitted_tokens - r.cached_tokens
 
 
-def _cells(results: dict[str, list[SimulationResult]]) -> list[str]:
+def ideal(items: list[WorkloadItem]) -> tuple[float, float]:
+    """What no placement can beat on these requests: (the share of prompt tokens in leading
+    blocks that some earlier request had, i.e. the hit rate of one infinite cache that saw
+    every request; the mean TTFT if each request found those blocks cached and had an idle
+    replica to itself, its uncached rest prefilled alone: no queue, no decode alongside)."""
+    latency = LatencyModel.named(PROFILE)
+    seen: set[int] = set()
+    hit = total = 0
+    ttft = []
+    for item in items:
+        blocks = item.hash_ids or ()
+        shared = next((i for i, h in enumerate(blocks) if h not in seen), len(blocks))
+        cached = min(item.prompt_tokens, shared * TRACE_BLOCK_TOKENS)
+        seen.update(blocks)
+        hit, total = hit + cached, total + item.prompt_tokens
+        ttft.append(latency.prefill_s(item.prompt_tokens - cached))
+    return hit / max(1, total), float(np.mean(ttft))
+
+
+def _cells(
+    results: dict[str, list[SimulationResult]], bounds: list[tuple[float, float]]
+) -> list[str]:
     def mean(rs: list[SimulationResult], f) -> float:
         return float(np.mean([f(r) for r in rs]))
 
@@ -65,6 +88,12 @@ def _cells(results: dict[str, list[SimulationResult]]) -> list[str]:
             f"{100 * mean(rs, lambda r: r.cached_tokens / max(1, r.admitted_tokens)):.1f}% | "
             f"{mean(rs, lambda r: r.metrics.throughput_rps):.2f} |"
         )
+    hit_bound = float(np.mean([b[0] for b in bounds]))
+    ttft_bound = float(np.mean([b[1] for b in bounds]))
+    rows.append(
+        f"| *ideal bound* | {ttft_bound:.3f} | **{base / ttft_bound:.2f}x** | "
+        f"{affinity / ttft_bound:.2f}x | | | | {100 * hit_bound:.1f}% | |"
+    )
     lost = sum(r.unfinished for rs in results.values() for r in rs)
     rows += ["", f"Requests left unfinished over all these runs: {lost}."]
     return rows
@@ -89,7 +118,12 @@ def prefix(seeds: int = 3, requests: int = 2000, replica_counts: tuple[int, ...]
         f"budget; the Mooncake rows that fit 8,192 tokens, windows of {requests:,} requests "
         "(seed k: the k-th window), at a fraction of the rate where KV-only placement's queue "
         f"grows. Means over {seeds} seeds. 'prefill tokens computed': context tokens prefilled "
-        "(admissions' context less their cache hits).",
+        "(admissions' context less their cache hits). 'ideal bound': what no placement "
+        "can beat, from the requests alone: the hit rate of one infinite cache that saw every "
+        "request (the share of prompt tokens in leading blocks some earlier request had), and "
+        "the mean TTFT if every request found those blocks cached on an idle replica of its "
+        "own (its uncached rest prefilled alone, by the profile; no queue, no decode "
+        "alongside).",
     ]
     for replicas in replica_counts:
         knee = saturated_rate(path, requests, replicas)
@@ -97,8 +131,10 @@ def prefix(seeds: int = 3, requests: int = 2000, replica_counts: tuple[int, ...]
         for load in LOADS:
             rate = load * knee
             results: dict[str, list[SimulationResult]] = {name: [] for name in ROUTINGS}
+            bounds = []
             for seed in range(seeds):
                 items = trace_window(path, requests, seed, rate)
+                bounds.append(ideal(items))
                 for name in ROUTINGS:
                     results[name].append(run(items, name, replicas, seed))
                     bar.update()
@@ -107,7 +143,7 @@ def prefix(seeds: int = 3, requests: int = 2000, replica_counts: tuple[int, ...]
                 f"### {replicas} x A100, Mooncake conversation trace at {rate:.1f} req/s "
                 f"({load:g}x; the queue of global grows above {knee:.1f})",
                 "",
-                *_cells(results),
+                *_cells(results, bounds),
             ]
             for name, rs in results.items():
                 ttft = np.mean([r.metrics.ttft_s.mean for r in rs])
