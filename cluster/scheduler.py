@@ -66,12 +66,12 @@ class Scheduler:
             self.rank_quality = RankQualityMonitor(config.rank_quality_window)
         if config.slo != self.config.slo:
             self.slo_attainment = SLOAttainment(config.slo)
-        self._configure(config)
+        self._configure(config, self._swaps)
 
-    def _configure(self, config: SchedulerConfig) -> None:
+    def _configure(self, config: SchedulerConfig, old: Swaps | None = None) -> None:
         self.config = config
         self.queue = make_queue(config.policy, config.slo, self.latency)
-        self._swaps = Swaps(config.preemption, self.latency, config.policy.slo_search.profile)
+        self._swaps = Swaps(config.preemption, self.latency, config.policy.slo_search.profile, old)
         self.routing = make_routing(config)
         self.admission = AdmissionControl(config.admission)
 

@@ -40,18 +40,24 @@ class EarlyEnd:
 
 class Swaps:
     def __init__(
-        self, config: PreemptionConfig, latency: LatencyModel | None, profile: str
+        self,
+        config: PreemptionConfig,
+        latency: LatencyModel | None,
+        profile: str,
+        previous: Swaps | None = None,
     ) -> None:
         """`latency`: the engines' step times (None: those of the named `profile`, loaded
-        at first use)."""
+        at first use). `previous`: the decider of the settings these replace, whose count and
+        learned retained share go on (a counter, and a property of the engines)."""
         self.config = config
         self._latency = latency
         self._profile = profile
-        self.count = 0  # preemptions decided
+        self.count = previous.count if previous else 0  # preemptions decided
         # victim id -> (victim, its dispatch count, its replica, the waiting request)
         self._pending: dict[str, tuple[Request, int, str, Request]] = {}
         self._ends: list[EarlyEnd] = []
-        self.retained_share = 1.0  # of a preempted context, found cached when it resumed
+        # of a preempted context, found cached when it resumed
+        self.retained_share = previous.retained_share if previous else 1.0
         # victim id -> (victim, its resuming dispatch's number, context it could find cached)
         self._resumes: dict[str, tuple[Request, int, int]] = {}
 

@@ -122,6 +122,15 @@ def test_the_scheduler_swaps_a_misranked_long_request_for_a_short_one():
     assert long.cached_tokens >= long.prompt_tokens + 30 - 2 * engine.kv.block_size
 
 
+def test_new_settings_keep_the_preemption_count_and_the_learned_retained_share():
+    *_, scheduler, _ = misranked(ON)
+    before = scheduler.stats()
+    assert before.preemptions == 1
+    scheduler.reconfigure(SchedulerConfig(preemption=PreemptionConfig(enabled=True)))
+    after = scheduler.stats()
+    assert (after.preemptions, after.retained_share) == (1, before.retained_share)
+
+
 def test_off_by_default_the_long_request_keeps_its_slot():
     assert not SchedulerConfig().preemption.enabled
     long, short, events, scheduler, _ = misranked(SchedulerConfig().preemption)
