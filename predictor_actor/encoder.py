@@ -49,7 +49,7 @@ class EncoderConfig:
     quantize: bool = False  # int8 dynamic quantization of the linear layers
     # Run the encoder under bfloat16 autocast (the head and the pooling stay fp32): 2-3x faster
     # where the CPU computes bf16 natively (AVX512-BF16, AMX, Arm BF16), with the same ranking
-    # (docs/predictor.md, "Speed of the actor"). Emulated elsewhere, so slower there.
+    # (docs/predictor.md, "Speed of the actor"). Elsewhere it is emulated: expected slower.
     bf16: bool = False
     # Pool the hidden states after the first `layers` of the encoder's 6: the cost of encoding
     # is proportional to it (measured speed and tau per depth: docs/predictor.md).
