@@ -255,12 +255,6 @@ class BatchingPredictor:
                 if not fut.done():  # the caller may have given up (cancelled)
                     fut.set_result(res)
 
-    def _encoding(self) -> str | None:
-        if self.model is None:
-            return None
-        enc = self.model.encoder.config
-        return "int8" if enc.quantize else "bf16" if enc.bf16 else "fp32"
-
     def health(self) -> dict:
         st = self._stats
         return {
@@ -269,7 +263,7 @@ class BatchingPredictor:
             "error": self.error,
             "scorer": self.model_description,
             "max_length": self.model.encoder.config.max_length if self.model else None,
-            "encoding": self._encoding(),
+            "encoding": self.model.encoder.config.precision if self.model else None,
             "max_batch_size": self.config.max_batch_size,
             "max_wait_ms": self.config.max_wait_ms,
             "batches": st.batches,

@@ -73,6 +73,11 @@ class EncoderConfig:
         return f"minilm-l6{depth}-mean-len{self.max_length}{precision}{cues}"
 
     @property
+    def precision(self) -> str:
+        """How the encoder computes: int8, bf16 or fp32."""
+        return "int8" if self.quantize else "bf16" if self.bf16 else "fp32"
+
+    @property
     def feature_dim(self) -> int:
         return FEATURE_DIM + (CUE_COUNT if self.cues else 0)
 
