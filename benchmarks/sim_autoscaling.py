@@ -13,7 +13,15 @@ import numpy as np
 
 from benchmarks.report import update_section
 from benchmarks.sim_common import AZURE_CONV
-from cluster.config import AutoscalingConfig, EngineConfig, PolicyConfig, SchedulerConfig
+from cluster.config import (
+    AutoscalingConfig,
+    EngineConfig,
+    PolicyConfig,
+    SchedulerConfig,
+    SLOClass,
+    SLOConfig,
+)
+from cluster.metrics import meets_slo
 from cluster.sim.simulator import SimulationConfig, SimulationResult, simulate
 from cluster.sim.step_time import load_profile
 from cluster.workload.datasets import default_shared_dir
@@ -21,6 +29,12 @@ from cluster.workload.scoring import with_true_lengths
 from cluster.workload.workload import WorkloadItem, build_workload
 
 FIXED = (2, 4, 8)
+# Judged after the run (ltr reads no SLO): the SLO mix's chat class (benchmarks/bench_slo.py),
+# and one twice as tight.
+SLOS = {
+    "chat SLO (TTFT 1 s, TPOT 40 ms)": SLOClass("default", ttft_s=1.0, tpot_s=0.04),
+    "tight SLO (TTFT 0.5 s, TPOT 20 ms)": SLOClass("default", ttft_s=0.5, tpot_s=0.02),
+}
 
 
 def over_a_day(items: list[WorkloadItem], day_s: float, swing: float) -> list[WorkloadItem]:
@@ -48,12 +62,20 @@ def run(items: list, replicas: int, autoscaling: AutoscalingConfig, startup_s: f
     return simulate(items, config)
 
 
+def attainment(r: SimulationResult, slo: SLOClass) -> float:
+    """Share of every request sent that finished within `slo` (an unfinished one missed it)."""
+    slos = SLOConfig(classes=(slo,))
+    met = sum(meets_slo(t, slos) for t in r.timings)
+    return met / (len(r.timings) + r.unfinished)
+
+
 def row(label: str, r: SimulationResult, reference_hours: float) -> str:
     m = r.metrics
     hours = r.extra["replica_seconds"] / 3600
+    slos = "".join(f" {100 * attainment(r, slo):.1f}% |" for slo in SLOS.values())
     return (
         f"| {label} | {hours:.2f} | {hours / reference_hours:.0%} | {m.e2e_latency_s.mean:.2f} | "
-        f"{m.e2e_latency_s.p99:.2f} | {m.ttft_s.mean:.2f} | {m.ttft_s.p99:.2f} | "
+        f"{m.e2e_latency_s.p99:.2f} | {m.ttft_s.mean:.2f} | {m.ttft_s.p99:.2f} |{slos} "
         f"{m.completions} | {r.unfinished} |"
     )
 
@@ -146,8 +168,8 @@ def main() -> None:
         "replicas up as soon as asked for (a bound no autoscaler reaches).",
         "",
         "| fleet | replica-hours | of fixed 8 | mean e2e (s) | p99 e2e (s) | mean TTFT (s) "
-        "| p99 TTFT (s) | done | unfinished |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| p99 TTFT (s) | " + " | ".join(SLOS) + " | done | unfinished |",
+        "|---|---|---|---|---|---|---|" + "---|" * len(SLOS) + "---|---|",
     ]
     lines += [row(label, r, ref_hours) for label, r in results.items()]
     timeline = results["autoscaling"].extra["replica_timeline"]
