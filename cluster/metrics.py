@@ -170,3 +170,7 @@ class SchedulerStats:
     # Share of a preempted context its resume is expected to find cached (cluster.swaps).
     retained_share: float = 1.0
     slo_demoted: int = 0  # put in the best-effort SLO class on arrival (cluster.slo_admission)
+
+    @property
+    def in_flight(self) -> int:
+        return self.queued + self.dispatched + self.running

@@ -2,7 +2,7 @@
 
     python -m serve_app.admin status              # the scheduler's view (as GET /status)
     python -m serve_app.admin scale 4             # grow or shrink the engine replicas
-    python -m serve_app.admin policy fcfs         # switch the scheduling policy (when idle)
+    python -m serve_app.admin policy fcfs         # switch the scheduling policy (once idle)
     python -m serve_app.admin stop                # stop engines and scheduler (then `serve shutdown`)
 
 Connects with `ray.init(address=--address)` (default "auto": the cluster of this machine or of

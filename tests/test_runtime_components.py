@@ -122,6 +122,25 @@ def test_requests_go_on_while_the_fleet_grows_and_shrinks(scheduler):
     assert ray.get(scheduler.scale.remote(2), timeout=120) == ["replica-0", "replica-1"]
 
 
+def test_a_policy_switch_waits_for_the_requests_in_flight_to_end(scheduler):
+    """A switch asked for while a request streams waits for its end, then applies; the request
+    keeps every token."""
+    path = GenerationPath(scheduler, HeuristicScorer())
+
+    async def main():
+        streaming = asyncio.create_task(generate(path, request("during-switch", 60)))
+        while (await scheduler.status.remote()).running == 0:
+            await asyncio.sleep(0.01)
+        await scheduler.set_policy.remote(PolicyConfig(name="ltr"))
+        after = await scheduler.status.remote()
+        await scheduler.set_policy.remote(PolicyConfig(name="fcfs"))
+        return await streaming, after
+
+    record, after = asyncio.run(main())
+    assert len(record.output_token_ids) == 60 and record.finish_reason == "length"
+    assert after.policy == "ltr" and after.queued + after.dispatched + after.running == 0
+
+
 def test_a_caller_that_goes_away_frees_its_slot_and_counts_as_failed(scheduler):
     before = status(scheduler)
     path = GenerationPath(scheduler, HeuristicScorer())

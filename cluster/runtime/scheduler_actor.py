@@ -57,6 +57,8 @@ class SchedulerActor:
 
     # An ingress renews its lease every second or so; past this, its requests are aborted.
     INGRESS_LEASE_S = 5.0
+    # A caller has its last token a moment before the request's end is booked here.
+    RECONFIGURE_SETTLE_S = 10.0
 
     def __init__(
         self,
@@ -267,12 +269,15 @@ class SchedulerActor:
         logger.info("admission is now %s", admission)
 
     async def set_preemption(self, preemption: PreemptionConfig) -> None:
-        """Switch scheduler-driven preemption (or its guards); only between requests, as a
-        policy (Scheduler.reconfigure)."""
+        """Switch scheduler-driven preemption (or its guards); only between requests."""
         await self._reconfigure(preemption=preemption)
 
     async def _reconfigure(self, **changes: object) -> None:
+        """Waits a while for the requests in flight to end (see Scheduler.reconfigure)."""
         await self._ready()
+        settle_by = time.monotonic() + self.RECONFIGURE_SETTLE_S
+        while self._core.stats().in_flight and time.monotonic() < settle_by:
+            await asyncio.sleep(0.05)
         self._core.reconfigure(dataclasses.replace(self.config, **changes))
         self._record_settings()
         logger.info("settings changed: %s", changes)
