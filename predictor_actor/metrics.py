@@ -44,8 +44,13 @@ def predictor_families(health: dict) -> list[Family]:
     versions = Family(
         "rankserve_predictor_examples", GAUGE, "Labelled examples learned from", ("model",)
     )
+    encoding = Family(
+        "rankserve_predictor_encoding", GAUGE, "1 for the encoder's precision in use", ("encoding",)
+    )
+    if health.get("encoding"):
+        encoding.add(1, health["encoding"])
     for model, learner in ((health.get("learning") or {}).get("models") or {}).items():
         for event, n in sorted(learner.get("event_counts", {}).items()):
             events.add(n, model, event)
         versions.add(learner["examples"], model)
-    return [*fams, events, versions]
+    return [*fams, encoding, events, versions]

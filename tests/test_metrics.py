@@ -193,6 +193,7 @@ def test_a_scrape_goes_without_a_source_that_does_not_answer(monkeypatch, status
     assert up == {"scheduler": 0, "predictor": 1}
     assert ("rankserve_dispatches_total", ()) not in got
     assert got[("rankserve_predictor_model_fallback", ())] == 1  # the model did not load
+    assert not any(k[0] == "rankserve_predictor_encoding" for k in got)  # nor any encoder
     assert got[("rankserve_predictor_batches_total", ())] == 0
     got = samples(asyncio.run(metrics.scrape(ready(cluster), ready(None), False)))
     up = {k[1][0][1]: v for k, v in got.items() if k[0] == "rankserve_metrics_source_up"}

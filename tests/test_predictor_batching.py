@@ -10,6 +10,7 @@ from cluster.rank_agreement import kendall_tau_b
 from predictor_actor.batching import BatchingPredictor, PredictorConfig
 from predictor_actor.encoder import native_bf16
 from predictor_actor.heuristic import heuristic_lengths, heuristic_scores
+from predictor_actor.metrics import predictor_families
 from predictor_actor.model import DEFAULT_MODEL_DIR, ModelLoadError, RankingModel
 
 PROMPTS = ["Write a haiku about rain.", "Explain quantum computing in detail, with examples.", "Hi"]
@@ -48,6 +49,10 @@ def test_bf16_encoding_ranks_as_fp32_does():
     fp32 = RankingModel.load(DEFAULT_MODEL_DIR).score(prompts)
     bf16 = BatchingPredictor(PredictorConfig(max_wait_ms=20, bf16=True))
     assert bf16.health()["encoding"] == "bf16"
+    encoding = {f.name: f for f in predictor_families(bf16.health())}[
+        "rankserve_predictor_encoding"
+    ]
+    assert encoding.samples == [(("bf16",), 1.0)]
     scores = np.array([p.score for p in _run(bf16, prompts)])
     assert not np.array_equal(scores, fp32)  # encoded in bf16 indeed
     assert kendall_tau_b(scores, fp32) > 0.95
