@@ -105,7 +105,7 @@ class BatchingPredictor:
         if self.model is not None and config.learning.request_log:
             try:
                 self.learning = OnlineLearning(
-                    config.learning, config.model_dir, self.model.encoder.features
+                    config.learning, config.model_dir, self.model.encoder
                 )
                 self.learning.start()
             except Exception as e:  # serve on with the start model, unlearned

@@ -17,15 +17,15 @@ import re
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from predictor_actor.encoder import HIDDEN
+from predictor_actor.encoder import HIDDEN, PromptEncoder
 from predictor_actor.log_tail import LogTail, ServedExample
 from predictor_actor.memory import MemoryConfig, RetrievalMemory
+from predictor_actor.model import RankingModel
 from predictor_actor.model_store import ModelStore
 from predictor_actor.retrain import RetrainConfig, retrain
 from predictor_actor.vector_cache import text_key
@@ -136,20 +136,18 @@ class ServedModelLearner:
 class OnlineLearning:
     """All served models' learners, the log they learn from, and the thread that does it.
 
-    `embed(texts) -> features` encodes prompts (the serving encoder); `remember` keeps the
-    features of prompts just scored, so that most log lines need no encoding at all."""
+    `encoder` is the serving encoder: it encodes the log's prompts, and a retrained model's
+    card names it, since its head learned from its features. `remember` keeps the features of
+    prompts just scored, so that most log lines need no encoding at all."""
 
     def __init__(
-        self,
-        config: LearningConfig,
-        base_dir: str | None,
-        embed: Callable[[list[str]], np.ndarray],
+        self, config: LearningConfig, base_dir: str | None, encoder: PromptEncoder
     ) -> None:
         if not config.request_log:
             raise ValueError("learning needs a request_log to learn from")
         self.config = config
         self.base_dir = base_dir
-        self.embed = embed
+        self.encoder = encoder
         self.root = config.state_path
         self.tail = LogTail(config.request_log)
         self._restore_tail()
@@ -188,7 +186,7 @@ class OnlineLearning:
             rows = [self._recent.get(k) for k in keys]
         missing = [i for i, r in enumerate(rows) if r is None]
         if missing:
-            encoded = self.embed([texts[i] for i in missing])
+            encoded = self.encoder.features([texts[i] for i in missing])
             for i, row in zip(missing, encoded, strict=True):
                 rows[i] = row
             self.remember([texts[i] for i in missing], encoded)
@@ -224,9 +222,11 @@ class OnlineLearning:
             )
             figures = {"model": learner.name, **result.figures()}
             if result.better:
-                version = learner.store.add(result.candidate)
+                card = replace(result.candidate.config, encoder=self.encoder.config)
+                candidate = RankingModel(card, result.candidate.head, self.encoder)
+                version = learner.store.add(candidate)
                 event = learner.store.swap(version, figures)
-                learner.model, learner.version = result.candidate, version
+                learner.model, learner.version = candidate, version
                 log.warning(
                     "predictor %s: swapped %s -> %s (tau %.3f vs %.3f on %d recent requests)",
                     learner.name or "(default)",

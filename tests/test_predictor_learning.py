@@ -4,6 +4,7 @@ swapped in, one that is not better is refused, a failed retrain leaves the servi
 rollback restores the previous version, and all of it survives a restart; scoring goes on,
 unchanged, while a retrain runs."""
 
+import dataclasses
 import json
 import threading
 import time
@@ -16,6 +17,7 @@ pytest.importorskip("torch")
 
 from cluster.rank_agreement import kendall_tau_b  # noqa: E402
 from predictor_actor.batching import BatchingPredictor, PredictorConfig  # noqa: E402
+from predictor_actor.encoder import PromptEncoder  # noqa: E402
 from predictor_actor.learning import LearningConfig, OnlineLearning  # noqa: E402
 from predictor_actor.log_tail import LogTail  # noqa: E402
 from predictor_actor.model import RankingModel  # noqa: E402
@@ -46,7 +48,7 @@ def _write_log(path, prompts, tokens) -> None:
         f.writelines(_entry(p, t) for p, t in zip(prompts, tokens, strict=True))
 
 
-def _learning(tmp_path, model, **kw) -> OnlineLearning:
+def _learning(tmp_path, model, encoder=None, **kw) -> OnlineLearning:
     config = LearningConfig(
         request_log=str(tmp_path / "requests.jsonl"),
         retrain_every_requests=100,
@@ -55,7 +57,7 @@ def _learning(tmp_path, model, **kw) -> OnlineLearning:
         default_model="m",
         **kw,
     )
-    return OnlineLearning(config, None, model.encoder.features)
+    return OnlineLearning(config, None, encoder or model.encoder)
 
 
 def test_bad_lines_and_cut_requests_are_counted_and_not_learned(tmp_path):
@@ -86,7 +88,9 @@ def test_bad_lines_and_cut_requests_are_counted_and_not_learned(tmp_path):
 
 def test_better_swapped_worse_refused_failure_kept_rollback_restores(tmp_path, shipped):
     model, prompts, scores = shipped
-    learning = _learning(tmp_path, model)
+    # Served with a shorter truncation than the shipped model's card says
+    serving = PromptEncoder(dataclasses.replace(model.config.encoder, max_length=128))
+    learning = _learning(tmp_path, model, serving)
     # Served answers whose lengths run against the shipped model's ranking: any candidate
     # that learns this traffic ranks its newest requests better.
     reversed_tokens = np.argsort(np.argsort(-scores)) + 1
@@ -98,6 +102,8 @@ def test_better_swapped_worse_refused_failure_kept_rollback_restores(tmp_path, s
     assert swap["candidate_tau"] > swap["current_tau"] and swap["to"] == learner.version == "v0001"
     assert swap["holdout"] >= 40 and swap["train"] + swap["holdout"] == len(prompts)
     assert len(learner.memory) == len(prompts)
+    # the new version's card names the encoder whose features it learned from
+    assert learner.store.load().config.encoder == serving.config != model.config.encoder
     swapped = learner.model.score(prompts)
     assert kendall_tau_b(swapped, reversed_tokens) > kendall_tau_b(scores, reversed_tokens)
 
