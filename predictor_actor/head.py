@@ -18,6 +18,9 @@ class HeadConfig:
     hidden: int = 256  # 0: a linear head
     outputs: int = 1  # classification: one logit per length bucket
     dropout: float = 0.1
+    # A linear term on the standardised features beside the MLP, which scales it:
+    # score = net_scale x MLP + linear (the online learner's ridge fit, predictor_actor.retrain).
+    linear_correction: bool = False
 
 
 class ScoringHead(nn.Module):
@@ -40,6 +43,11 @@ class ScoringHead(nn.Module):
             self.net = nn.Sequential(
                 nn.Dropout(config.dropout), nn.Linear(config.in_dim, config.outputs)
             )
+        if config.linear_correction:
+            self.register_buffer("net_scale", torch.ones(()))
+            self.correction = nn.Linear(config.in_dim, config.outputs)
+            nn.init.zeros_(self.correction.weight)
+            nn.init.zeros_(self.correction.bias)
 
     def set_feature_stats(self, features: torch.Tensor) -> None:
         self.feature_mean.copy_(features.mean(0))
@@ -49,8 +57,14 @@ class ScoringHead(nn.Module):
         std = features.std(0)
         self.feature_std.copy_(std.clamp(min=float(0.1 * std.median().clamp(min=1e-6))))
 
+    def standardise(self, features: torch.Tensor) -> torch.Tensor:
+        return (features - self.feature_mean) / self.feature_std
+
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.net((features - self.feature_mean) / self.feature_std)
+        z = self.standardise(features)
+        if self.config.linear_correction:
+            return self.net_scale * self.net(z) + self.correction(z)
+        return self.net(z)
 
 
 def listmle_loss(scores: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

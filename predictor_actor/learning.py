@@ -228,10 +228,11 @@ class OnlineLearning:
                 event = learner.store.swap(version, figures)
                 learner.model, learner.version = candidate, version
                 log.warning(
-                    "predictor %s: swapped %s -> %s (tau %.3f vs %.3f on %d recent requests)",
+                    "predictor %s: swapped %s -> %s, %s (tau %.3f vs %.3f on %d recent requests)",
                     learner.name or "(default)",
                     event["from"],
                     version,
+                    result.kind,
                     result.candidate_tau,
                     result.current_tau,
                     result.holdout,
