@@ -2,7 +2,8 @@
 labels, the serving model's head fine-tuned (warm-started) with its own loss, and its MLP kept
 with a ridge-fitted linear correction on top (a few hundred labels fit the correction without
 overfitting, where fine-tuning the whole head on them is noisy); the better of the two and the
-serving model are judged on the most recent labels.
+serving model are judged on the most recent labels (a winning correction is then fitted again
+on all of them).
 
 The held-out slice is the newest traffic (not a random sample): what the next requests look
 like is best told by the last ones, and a candidate that only fits older traffic must not win.
@@ -35,7 +36,7 @@ class RetrainConfig:
     seed: int = 0
     # The correction's ridge penalty (on standardised features): chosen on replays of AlpacaEval
     # (Llama-3-8B, GPT-4 Turbo answers) and arena-hard (GPT-3.5), not on the benchmark's set.
-    ridge_alpha: float = 1000.0
+    ridge_alpha: float = 3000.0
 
     def __post_init__(self) -> None:
         if not 0 < self.holdout_fraction < 1 or self.min_holdout < 2:
@@ -110,8 +111,11 @@ def retrain(
         )
     taus = {kind: _tau(model, x_hold, y_hold) for kind, model in candidates.items()}
     kind = max(taus, key=taus.__getitem__)
+    chosen = candidates[kind]
+    if kind == "linear correction":  # judged; then fitted on every label, the newest included
+        chosen = linear_correction(current, features, tokens, config.ridge_alpha)
     return RetrainResult(
-        candidates[kind],
+        chosen,
         _tau(current, x_hold, y_hold),
         taus[kind],
         int(len(y_train)),
