@@ -12,8 +12,7 @@ The candidate's epoch is chosen on the newest part of its training labels, never
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -144,16 +143,16 @@ def linear_correction(
     centre, mean = columns.mean(0), target.mean()
     c = columns - centre
     beta = np.linalg.solve(c.T @ c + alpha * np.eye(c.shape[1]), c.T @ (target - mean))
-    config = dataclasses.replace(old.config, linear_correction=True)
+    intercept = float(mean - centre @ beta)
+    config = replace(old.config, linear_correction=True)
     head = ScoringHead(config)
     head.load_state_dict(old.state_dict(), strict=False)  # a first correction starts at zero
     with torch.no_grad():
         head.net_scale.fill_(float(beta[-1]))
         head.correction.weight.copy_(torch.from_numpy(beta[None, :-1]))
-        head.correction.bias.fill_(float(mean - centre @ beta))
-    scores = columns @ beta + (mean - centre @ beta)
-    calibration = fit_calibration(scores, np.asarray(tokens, dtype=np.float64))
-    model_config = dataclasses.replace(
+        head.correction.bias.fill_(intercept)
+    calibration = fit_calibration(columns @ beta + intercept, np.asarray(tokens, dtype=np.float64))
+    model_config = replace(
         current.config,
         head=config,
         calibration_scores=calibration[0],
