@@ -128,8 +128,8 @@ def online_curve(window: int, retrain_every: int) -> None:
     lines = [
         f"The shipped default replayed through the learning loop (BatchingPredictor with "
         f"learning on: retrieval memory + retrain every {retrain_every} labels, of two "
-        f"candidates, the head fine-tuned or its MLP with a ridge-fitted linear correction, the "
-        f"better swapped in only if it beats the serving model on the newest 20%) on the "
+        "candidates, the head fine-tuned or its MLP with a ridge-fitted linear correction, the "
+        "better swapped in only if it beats the serving model on the newest 20%) on the "
         f"{len(records)} arena-hard v2.0 prompts with "
         f"o3-mini's answers, in file order. Each row: tau of the scores served to the next "
         f"{window} requests, before they are learned. Target: >= 0.45 after 500 served.",

@@ -18,7 +18,7 @@ RETRAIN = RetrainConfig(min_requests=200, min_holdout=50, epochs=3)
 
 
 def _untrained(loss: str = "listmle", outputs: int = 1) -> RankingModel:
-    """A random head: it ranks the synthetic features below about at random."""
+    """A random head: it ranks the synthetic features below at about chance."""
     torch.manual_seed(0)
     head = ScoringHead(HeadConfig(in_dim=ENCODER.feature_dim, hidden=16, outputs=outputs))
     centers = [float(c) for c in np.linspace(1.0, 6.0, outputs)] if loss == "classification" else []
