@@ -45,22 +45,3 @@ class EngineEvents:
     @property
     def has_events(self) -> bool:
         return bool(self.preempted or self.started or self.ended or self.failed)
-
-    def merge_before(self, later: EngineEvents) -> EngineEvents:
-        """These events followed by `later`'s (a report that could not be delivered, put back
-        in front of what happened since)."""
-        tokens, cached = dict(self.tokens), dict(self.cached)
-        for rid, n in later.tokens.items():
-            tokens[rid] = tokens.get(rid, 0) + n
-        for rid, n in later.cached.items():
-            cached[rid] = cached.get(rid, 0) + n
-        return EngineEvents(
-            self.replica_id,
-            later.load or self.load,
-            self.preempted + later.preempted,
-            self.started + later.started,
-            tokens,
-            {**self.ended, **later.ended},
-            {**self.failed, **later.failed},
-            cached,
-        )

@@ -228,19 +228,27 @@ class EngineReplica:
 
     async def _report_loop(self) -> None:
         assert self._wake is not None
+        unacknowledged: ReplicaReport | None = None
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.REPORT_INTERVAL_S)
             self._wake.clear()
-            quiet = not (self._pending.has_events or self._pending.tokens) and not self._active
-            if quiet and self.load() == self._last_load:
-                continue
-            report = self._take_report()
+            if unacknowledged is not None and unacknowledged.seq <= self._snapshot_seq:
+                unacknowledged = None  # a snapshot has covered it
+            if unacknowledged is None:
+                quiet = not (self._pending.has_events or self._pending.tokens) and not self._active
+                if quiet and self.load() == self._last_load:
+                    continue
+            report = unacknowledged or self._take_report()
             try:
                 await self._scheduler.report.remote(report)
+                unacknowledged = None
                 self._last_load = report.events.load
             except Exception as exc:  # noqa: BLE001 - a scheduler hiccup must not kill the replica
                 logger.warning("report %d to the scheduler failed (%s); retrying", report.seq, exc)
-                if report.seq > self._snapshot_seq:  # else a snapshot has covered it
-                    self._pending = report.events.merge_before(self._pending)
+                # Sent again as it is, under its number: a call that failed may still have been
+                # applied (Ray: "may or may not have been executed"), and the scheduler drops a
+                # number it has applied, so its events count once (resent merged into a newer
+                # report, they were counted twice: tokens duplicated after a scheduler restart).
+                unacknowledged = report
                 await asyncio.sleep(self.REPORT_INTERVAL_S)
