@@ -24,7 +24,8 @@ class RequestState(enum.Enum):
 
 
 _ALLOWED = {
-    RequestState.QUEUED: {RequestState.DISPATCHED, RequestState.FAILED},
+    # QUEUED -> FINISHED: its caller holds all its tokens (`Scheduler.resume_from`).
+    RequestState.QUEUED: {RequestState.DISPATCHED, RequestState.FAILED, RequestState.FINISHED},
     RequestState.DISPATCHED: {
         RequestState.RUNNING,
         RequestState.QUEUED,

@@ -58,8 +58,7 @@ class Scheduler:
     def reconfigure(self, config: SchedulerConfig) -> None:
         """New scheduling settings (policy, routing, slices...), only while no request is in
         flight (a queue's order means nothing across policies); replicas and counters stay."""
-        active = sum(1 for r in self._requests.values() if not r.state.is_terminal)
-        if active:
+        if active := self.stats().in_flight:
             raise RuntimeError(f"cannot change scheduling with {active} requests in flight")
         self._rounds_before += self.queue.round
         if config.rank_quality_window != self.config.rank_quality_window:
@@ -228,9 +227,8 @@ class Scheduler:
         return self._swaps.take_early_ends()
 
     def take_rejected(self) -> list[Request]:
-        """Requests the scheduler failed on its own since the last call: no replica could ever
-        hold them, or admission control dropped them from the queue (`Request.refusal` says
-        why). The live actor answers their callers."""
+        """Requests the scheduler failed on its own since the last call (no replica could hold
+        them, or admission control dropped them: `Request.refusal`), for their callers."""
         rejected, self._rejected = self._rejected, []
         return rejected
 
@@ -289,16 +287,15 @@ class Scheduler:
         return ended
 
     def resume_from(self, request_id: str, delivered: int) -> bool:
-        """The caller holds `delivered` tokens of the request (the ingress is the record of what
-        reached the client). Where the scheduler counted otherwise (reports of a replica that
-        died were lost, or never reached the caller), its count is set to the caller's before
-        the next dispatch; a dispatch already decided on the wrong count is taken back. True
-        when the request went back to the queue for that."""
+        """The caller holds `delivered` tokens of the request (the ingress records what reached
+        the client). Where the scheduler counted otherwise (a dead replica's reports were lost),
+        its count is set to the caller's before the next dispatch, and a dispatch decided on
+        the wrong count is taken back; one whose caller holds all `max_tokens` finishes. True
+        when the request went back to the queue, or finished, for that."""
         request = self.get(request_id)
-        if request.generated == delivered or request.state not in (
-            RequestState.QUEUED,
-            RequestState.DISPATCHED,
-        ):
+        waiting = request.state in (RequestState.QUEUED, RequestState.DISPATCHED)
+        complete = delivered >= request.max_tokens
+        if not waiting or (request.generated == delivered and not complete):
             return False
         if request.state is RequestState.QUEUED:
             self.queue.remove(request)
@@ -306,6 +303,9 @@ class Scheduler:
             self._release(request)
             request.replica_id = None
         request.generated = delivered
+        if complete:
+            self._finish(request)
+            return True
         request.state = RequestState.QUEUED
         self.queue.add(request, self.clock.now())
         return True

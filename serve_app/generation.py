@@ -220,6 +220,24 @@ class GenerationPath:
                 raise GenerationFailed.refused(ticket.refusal)
             if ticket.error is not None:
                 raise GenerationFailed(ticket.error)
+            left = inp.max_tokens - len(generated)
+            if ticket.finished:  # the scheduler holds it finished: the stream must be whole
+                if left > 0:
+                    raise GenerationFailed("it finished on its replica; its stream lost the end")
+                record.finish_reason, record.finished = FinishReason.LENGTH.value, time.time()
+                yield TokenChunk([], "", FinishReason.LENGTH)
+                return
+            # The client never gets more than its max_tokens, whatever the scheduler counted
+            # (its count follows the replicas' reports, which a restart can lose or replay).
+            budget = min(ticket.max_new_tokens, left)
+            if budget < ticket.max_new_tokens:
+                logger.warning(
+                    "%s: dispatch %d's budget of %d cut to the %d tokens left",
+                    inp.request_id,
+                    ticket.dispatch_no,
+                    ticket.max_new_tokens,
+                    budget,
+                )
             after = ticket.dispatch_no
             record.dispatches += 1
             record.dispatched = record.dispatched or time.time()
@@ -235,9 +253,9 @@ class GenerationPath:
                     submit=submit,
                     dispatch_no=ticket.dispatch_no,
                     prompt_token_ids=inp.prompt_token_ids + generated,
-                    max_new_tokens=ticket.max_new_tokens,
+                    max_new_tokens=budget,
                     priority=ticket.priority,
-                    final=ticket.final,
+                    final=ticket.final or budget == left,
                     ignore_eos=inp.ignore_eos,
                     temperature=inp.temperature,
                     top_p=inp.top_p,

@@ -6,12 +6,14 @@ goes away."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import pytest
 
 ray = pytest.importorskip("ray")
 
 from cluster.config import EngineConfig, PolicyConfig, SchedulerConfig  # noqa: E402
+from cluster.runtime.protocol import SubmitRequest  # noqa: E402
 from cluster.runtime.scheduler_actor import SchedulerActor  # noqa: E402
 from cluster.runtime.scheduler_handle import scheduler_actor_options  # noqa: E402
 from cluster.runtime.spec import ReplicaConfig, replica_specs  # noqa: E402
@@ -139,6 +141,61 @@ def test_a_policy_switch_waits_for_the_requests_in_flight_to_end(scheduler):
     record, after = asyncio.run(main())
     assert len(record.output_token_ids) == 60 and record.finish_reason == "length"
     assert after.policy == "ltr" and after.queued + after.dispatched + after.running == 0
+
+
+class OverBudget:
+    """The scheduler actor, whose every ticket promises 5 tokens more than the request has
+    left, and not as its last: as a scheduler whose count fell short of its caller's would."""
+
+    def __init__(self, handle) -> None:
+        self._handle = handle
+
+    def __getattr__(self, name: str):
+        return getattr(self._handle, name)
+
+    @property
+    def wait_dispatch(self):
+        handle = self._handle
+
+        class Method:
+            @staticmethod
+            async def remote(*args):
+                ticket = await handle.wait_dispatch.remote(*args)
+                if ticket.error is not None:
+                    return ticket
+                return dataclasses.replace(
+                    ticket, max_new_tokens=ticket.max_new_tokens + 5, final=False
+                )
+
+        return Method
+
+
+def test_the_client_never_gets_more_than_max_tokens_whatever_the_scheduler_counted(scheduler):
+    before = status(scheduler)
+    path = GenerationPath(OverBudget(scheduler), HeuristicScorer())
+    record = asyncio.run(generate(path, request("over-budget", 3 * SLICE + 2)))
+    assert len(record.output_token_ids) == 3 * SLICE + 2 and record.finish_reason == "length"
+    after = wait_idle(scheduler)
+    assert after.finished == before.finished + 1 and after.failed == before.failed
+
+
+def test_a_caller_that_holds_all_its_tokens_is_answered_finished(scheduler):
+    """It asks for the next dispatch with all of `max_tokens` (a slice or a preemption ended on
+    its last token, or the scheduler's count fell short): the request ends, counted finished."""
+    before = status(scheduler)
+    submit = SubmitRequest("all-held", prompt_tokens=3, max_tokens=7)
+
+    async def main():
+        assert await scheduler.submit.remote(submit) is None
+        first = await scheduler.wait_dispatch.remote(submit, 0, 0)
+        assert first.error is None and not first.finished
+        return await scheduler.wait_dispatch.remote(submit, first.dispatch_no, 7)
+
+    ticket = asyncio.run(main())
+    assert ticket.finished and ticket.error is None
+    after = wait_idle(scheduler)
+    assert after.finished == before.finished + 1 and after.failed == before.failed
+    assert all(r.assigned == 0 for r in after.replicas)
 
 
 def test_a_caller_that_goes_away_frees_its_slot_and_counts_as_failed(scheduler):

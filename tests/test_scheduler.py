@@ -297,7 +297,7 @@ def test_life_cycle_transitions():
     ("path", "bad"),
     [
         ([], RequestState.RUNNING),
-        ([], RequestState.FINISHED),
+        ([RequestState.FINISHED], RequestState.FINISHED),  # (from QUEUED: `resume_from`)
         ([RequestState.DISPATCHED, RequestState.FINISHED], RequestState.QUEUED),
         ([RequestState.FAILED], RequestState.QUEUED),
         ([RequestState.FAILED], RequestState.FAILED),

@@ -87,6 +87,22 @@ def test_resume_from_sets_the_count_to_what_the_caller_holds_and_takes_back_a_st
     assert not sched.resume_from("q", 0)  # running: its replica's reports are the record
 
 
+def test_a_caller_that_holds_all_its_tokens_finishes_the_request_wherever_it_waits():
+    """Whatever the scheduler counted (a replayed report can leave its count short), a caller
+    that holds `max_tokens` ends the request: no dispatch runs for tokens nobody asked for."""
+    sched, _ = scheduler("fcfs")
+    sched.add_replica("a", max_num_seqs=1, total_kv_blocks=1000, block_size=16)
+    sched.submit(request("dispatched", output=30))
+    sched.submit(request("queued", output=20))
+    assert len(sched.schedule()) == 1  # "queued" waits: the replica has one slot
+    assert sched.resume_from("dispatched", 30) and sched.resume_from("queued", 20)
+    for rid in ("dispatched", "queued"):
+        assert sched.get(rid).state is RequestState.FINISHED and sched.get(rid).generated
+    stats = sched.stats()
+    assert (stats.finished, stats.in_flight, sched.schedule()) == (2, 0, [])
+    assert sched.is_idle("a")
+
+
 def test_reconfigure_only_when_idle_and_counters_stay():
     sched, _ = scheduler("fcfs")
     sched.add_replica("a", max_num_seqs=4, total_kv_blocks=1000, block_size=16)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
+from cluster.request import Request
 from cluster.scheduler import Scheduler, UnknownRequest
 
 logger = logging.getLogger(__name__)
@@ -26,14 +27,18 @@ class CallerCounts:
     def forget(self, request_id: str) -> None:
         self._held.pop(request_id, None)
 
-    def settle(self, core: Scheduler, ended: Iterable[str]) -> None:
+    def settle(self, core: Scheduler, ended: Iterable[str]) -> list[Request]:
         """Dispatches of `ended` requests were reported over: where a caller's count was held
-        for exactly that dispatch, the core continues from it."""
+        for exactly that dispatch, the core continues from it. Returns the requests that count
+        finished (their callers hold all their tokens)."""
+        finished = []
         for rid in set(ended) & self._held.keys():
             dispatch_no, delivered = self._held.pop(rid)
             try:
-                current = core.get(rid).num_dispatches == dispatch_no
+                request = core.get(rid)
             except UnknownRequest:
                 continue
-            if current and core.resume_from(rid, delivered):
+            if request.num_dispatches == dispatch_no and core.resume_from(rid, delivered):
                 logger.warning("%s: token count set to its caller's %d", rid, delivered)
+                finished += [request] if request.state.is_terminal else []
+        return finished

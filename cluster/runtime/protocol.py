@@ -89,7 +89,8 @@ class ReplicaReport:
 class Ticket:
     """The scheduler's answer to `wait_dispatch`: run the request on `replica` for at most
     `max_new_tokens`, with vLLM priority `priority`; `final` when that budget reaches the
-    request's own end. Or, when `error` is set, stop."""
+    request's own end. Or, when `error` is set, stop; when `finished`, the request ended whole
+    (its caller may already hold all of it)."""
 
     request_id: str
     dispatch_no: int  # 1 for the first dispatch, then 2, 3... (slices, replica failures)
@@ -100,6 +101,7 @@ class Ticket:
     final: bool = True
     error: str | None = None
     refusal: Refusal | None = None  # set with `error` when admission control dropped it
+    finished: bool = False
 
 
 @dataclass(frozen=True, slots=True)

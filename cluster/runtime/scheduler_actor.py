@@ -165,12 +165,8 @@ class SchedulerActor:
         self._report_seq.pop(replica_id, None)
         if replica_id in self._core.replica_ids:
             returned = self._core.remove_replica(replica_id)
-            logger.warning(
-                "replica %s removed (%s): %d requests back to the queue",
-                replica_id,
-                why,
-                len(returned),
-            )
+            message = "replica %s removed (%s): %d requests back to the queue"
+            logger.warning(message, replica_id, why, len(returned))
         self._schedule()
 
     # ---- requests -------------------------------------------------------------------------
@@ -183,7 +179,7 @@ class SchedulerActor:
         await self._ready()
         self._leases.renew(submit.ingress_id, self._core.clock.now())  # a call: it is alive
         if submit.request_id in self._ended:
-            return self._ended[submit.request_id][1]
+            return self._ended.refusal(submit.request_id)
         if self._known(submit.request_id):
             return None
         refusal = self._register(submit, delivered=0, dispatches=0, admit=True)
@@ -203,17 +199,20 @@ class SchedulerActor:
         self._leases.renew(submit.ingress_id, self._core.clock.now())
         rid = submit.request_id
         if rid in self._ended:
-            why, refusal = self._ended[rid]
-            return Ticket(rid, after, error=why, refusal=refusal)
+            return self._ended.ticket(rid, after)
         if not self._known(rid):
             logger.info("%s: taken back from its ingress with %d tokens", rid, delivered)
             self._register(submit, delivered, dispatches=after)
             self._schedule()
         if self._core.resume_from(rid, delivered):
             self._tickets.withdraw(rid)
+            if (request := self._core.get(rid)).state.is_terminal:
+                self._forget(request)
             self._schedule()
         elif self._core.get(rid).num_dispatches == after:  # its end is not reported yet
             self._counts.hold(rid, after, delivered)
+        if rid in self._ended:  # finished: its caller holds all of it
+            return self._ended.ticket(rid, after)
         return await self._tickets.after(rid, after)
 
     async def heartbeat(self, ingress_id: str) -> None:
@@ -251,9 +250,9 @@ class SchedulerActor:
             for state in report.dispatches:
                 counted = events.tokens.get(state.submit.request_id, 0)
                 self._adopt(replica, state, already_counted=counted)
-        for request in self._core.apply(events):
+        ended = self._core.apply(events)
+        for request in ended + self._counts.settle(self._core, events.ended.keys()):
             self._forget(request)
-        self._counts.settle(self._core, events.ended.keys())
         self._schedule()
 
     async def set_policy(self, policy: PolicyConfig) -> None:
@@ -375,9 +374,8 @@ class SchedulerActor:
         self.metrics.ended(request)
         self._counts.forget(rid)
         self._leases.forget(rid)
-        why = request.error or "ended"
-        self._ended.remember(rid, why, request.refusal)
-        self._tickets.end(Ticket(rid, request.num_dispatches, error=why, refusal=request.refusal))
+        self._ended.remember(rid, request.error, request.refusal)
+        self._tickets.end(self._ended.ticket(rid, request.num_dispatches))
 
     def _schedule(self) -> None:
         for d in self._core.schedule():
