@@ -41,7 +41,8 @@ class PredictorConfig:
     # different scores (measured in docs/benchmarks.md, predictor-actor). None: as the model
     # was trained.
     quantize: bool | None = None
-    # bfloat16 encoding (EncoderConfig.bf16). None: where the CPU has native bf16.
+    # bfloat16 encoding (EncoderConfig.bf16). None: where the CPU has native bf16 and the
+    # encoder is not int8.
     bf16: bool | None = None
     # Learning from the request log (retrieval memory, retrain and swap); off without a log.
     learning: LearningConfig = field(default_factory=LearningConfig)
@@ -53,6 +54,8 @@ class PredictorConfig:
             raise ValueError("max_wait_ms must be >= 0")
         if self.chunk_size < 1:
             raise ValueError("chunk_size must be >= 1")
+        if self.quantize and self.bf16:
+            raise ValueError("quantize (int8) and bf16 are two precisions: choose one")
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,12 +125,13 @@ class BatchingPredictor:
         from predictor_actor.model import RankingModel
 
         model = RankingModel.load(config.model_dir)
+        quantize = model.config.encoder.quantize if config.quantize is None else config.quantize
         enc_cfg = replace(
             model.config.encoder,
             chunk_size=config.chunk_size,
-            quantize=model.config.encoder.quantize if config.quantize is None else config.quantize,
+            quantize=quantize,
             max_length=config.max_length or model.config.encoder.max_length,
-            bf16=native_bf16() if config.bf16 is None else config.bf16,
+            bf16=native_bf16() and not quantize if config.bf16 is None else config.bf16,
         )
         model = RankingModel(model.config, model.head, PromptEncoder(enc_cfg))
         model.predict_tokens(["warm-up prompt"])  # fail here, not on the first request

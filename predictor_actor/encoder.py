@@ -63,6 +63,8 @@ class EncoderConfig:
             raise ValueError(f"layers must be in 1..{LAYERS}, got {self.layers}")
         if self.chunk_size < 1:
             raise ValueError("chunk_size must be >= 1")
+        if self.quantize and self.bf16:
+            raise ValueError("quantize (int8) and bf16 are two precisions: choose one")
 
     @property
     def cache_name(self) -> str:

@@ -8,7 +8,7 @@ import pytest
 
 from cluster.rank_agreement import kendall_tau_b
 from predictor_actor.batching import BatchingPredictor, PredictorConfig
-from predictor_actor.encoder import native_bf16
+from predictor_actor.encoder import EncoderConfig, native_bf16
 from predictor_actor.heuristic import heuristic_lengths, heuristic_scores
 from predictor_actor.metrics import predictor_families
 from predictor_actor.model import DEFAULT_MODEL_DIR, ModelLoadError, RankingModel
@@ -37,6 +37,15 @@ def test_scores_match_the_model_and_come_back_in_order(predictor):
     assert not any(p.fallback for p in preds)
     assert all(p.predicted_tokens >= 1 for p in preds)
     assert predictor.health()["status"] == "ok"
+
+
+def test_int8_and_bf16_together_are_refused_and_int8_is_not_made_bf16():
+    with pytest.raises(ValueError, match="choose one"):
+        PredictorConfig(quantize=True, bf16=True)
+    with pytest.raises(ValueError, match="choose one"):
+        EncoderConfig(quantize=True, bf16=True)
+    int8 = BatchingPredictor(PredictorConfig(max_wait_ms=20, quantize=True))  # bf16 left to it
+    assert int8.health()["encoding"] == "int8"
 
 
 def test_bf16_encoding_ranks_as_fp32_does():
