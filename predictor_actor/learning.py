@@ -222,7 +222,12 @@ class OnlineLearning:
             )
             figures = {"model": learner.name, **result.figures()}
             if result.better:
-                card = replace(result.candidate.config, encoder=self.encoder.config)
+                # Its card: the serving model's training record, and this retrain on top.
+                online = {**figures, "from_version": learner.version}
+                training = {**learner.model.config.training, "online_retrain": online}
+                card = replace(
+                    result.candidate.config, encoder=self.encoder.config, training=training
+                )
                 candidate = RankingModel(card, result.candidate.head, self.encoder)
                 version = learner.store.add(candidate)
                 event = learner.store.swap(version, figures)

@@ -102,8 +102,13 @@ def test_better_swapped_worse_refused_failure_kept_rollback_restores(tmp_path, s
     assert swap["candidate_tau"] > swap["current_tau"] and swap["to"] == learner.version == "v0001"
     assert swap["holdout"] >= 40 and swap["train"] + swap["holdout"] == len(prompts)
     assert len(learner.memory) == len(prompts)
-    # the new version's card names the encoder whose features it learned from
-    assert learner.store.load().config.encoder == serving.config != model.config.encoder
+    # the new version's card names the encoder whose features it learned from, and the
+    # retrain on top of the serving model's training
+    card = learner.store.load().config
+    assert card.encoder == serving.config != model.config.encoder
+    assert card.training["data"] == model.config.training["data"]
+    retrained = card.training["online_retrain"]
+    assert (retrained["from_version"], retrained["candidate"]) == ("v0000", swap["candidate"])
     swapped = learner.model.score(prompts)
     assert kendall_tau_b(swapped, reversed_tokens) > kendall_tau_b(scores, reversed_tokens)
 
