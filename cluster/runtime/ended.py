@@ -13,7 +13,7 @@ from cluster.runtime.protocol import Ticket
 class EndedRequests:
     def __init__(self, capacity: int = 10_000) -> None:
         self.capacity = capacity
-        self._why: OrderedDict[str, tuple[str, Refusal | None]] = OrderedDict()
+        self._why: OrderedDict[str, tuple[str | None, Refusal | None]] = OrderedDict()
 
     def remember(self, request_id: str, error: str | None, refusal: Refusal | None) -> None:
         """`error`: None for a request that finished."""
