@@ -271,3 +271,20 @@ def test_each_conversation_turn_extends_the_previous_one_and_fits_the_context():
         assert all(t.prompt.startswith(system) for t in turns)
     assert all(it.prompt_tokens + 16 <= 800 for it in items)
     assert any(len(t) < 4 for t in by_conversation.values())  # some outgrew 800 tokens
+
+
+def test_the_hit_rate_bounds_count_whole_engine_blocks_of_the_longest_earlier_prefix():
+    from benchmarks.bench_prefix_live import ENGINE_BLOCK, conversations, hit_bounds
+
+    items, sent = conversations(6, 3, 2.0, 3.0, 16, seed=1, max_len=1200)
+    bounds = hit_bounds(items, sent)
+    assert 0 < bounds["round robin over 2"] < bounds["one cache"] < 1
+    # one item alone finds nothing; the same prompt twice finds all its whole blocks but one
+    # token (the last must be computed)
+    one = items[:1]
+    assert hit_bounds(one, one[0].prompt_tokens)["one cache"] == 0
+    twice = hit_bounds(one * 2, 2 * one[0].prompt_tokens)["one cache"]
+    assert (
+        twice * 2 * one[0].prompt_tokens
+        == (one[0].prompt_tokens - 1) // ENGINE_BLOCK * ENGINE_BLOCK
+    )
