@@ -209,6 +209,21 @@ def test_slices_replicas_and_seed(capsys, prompt_file):
     assert runs[0] == runs[1] and runs[0] != runs[2]
 
 
+def test_a_promoted_slice_is_lengthened_unless_the_overhead_bound_is_off(capsys, prompt_file):
+    """A request the starvation guard promotes runs `priority_quantum` tokens, lengthened until
+    its resume's prefill is at most `--slice-max-overhead` of its engine time; `none` keeps the
+    paper's fixed quantum: more, shorter slices."""
+    args = ["--prompts", str(prompt_file), "--policy", "ltr", "--arrivals", "burst"]
+    args += ["--max-num-seqs", "2", "--starvation-threshold", "3", "--priority-quantum", "4"]
+    slices = {}
+    for overhead in ("0.1", "none"):
+        rc, out, _ = simulate(capsys, *args, "--slice-max-overhead", overhead, "--json")
+        (r,) = json_lines(out)
+        assert rc == 0 and r["completions"] == N
+        slices[overhead] = r["slices"]
+    assert 0 < slices["0.1"] < slices["none"]
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -217,6 +232,7 @@ def test_slices_replicas_and_seed(capsys, prompt_file):
         (["--policy", "ssjf"], "ssjf policy needs a predicted output length for"),
         (["--profile", "tpu-v9"], "unknown step-time profile 'tpu-v9'"),
         (["--arrivals", "sometimes"], "sometimes"),
+        (["--slice-max-overhead", "2"], "slice_max_overhead must be in (0, 1]"),
     ],
 )
 def test_errors_exit_2_with_a_clear_message(capsys, unscored_file, args, message):
