@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 import traceback
@@ -91,20 +92,12 @@ def hit_bounds(items, sent: int) -> dict[str, float]:
     tokenizer = AutoTokenizer.from_pretrained(str(build()))
     prompts = [tokenizer(it.prompt)["input_ids"] for it in items]
 
-    def common(a: list[int], b: list[int]) -> int:
-        n = 0
-        for x, y in zip(a, b, strict=False):
-            if x != y:
-                break
-            n += 1
-        return n
-
     def rate(caches: int) -> float:
         seen: list[list[list[int]]] = [[] for _ in range(caches)]
         hit = 0
         for i, ids in enumerate(prompts):
             cache = seen[i % caches]
-            best = max((common(q, ids) for q in cache), default=0)
+            best = max((len(os.path.commonprefix([q, ids])) for q in cache), default=0)
             hit += min(best, len(ids) - 1) // ENGINE_BLOCK * ENGINE_BLOCK  # one token computed
             cache.append(ids)
         return hit / sent

@@ -40,5 +40,6 @@ class CallerCounts:
                 continue
             if request.num_dispatches == dispatch_no and core.resume_from(rid, delivered):
                 logger.warning("%s: token count set to its caller's %d", rid, delivered)
-                finished += [request] if request.state.is_terminal else []
+                if request.state.is_terminal:
+                    finished.append(request)
         return finished
