@@ -169,6 +169,8 @@ class SchedulerStats:
     preemptions: int = 0  # dispatches the scheduler ended early (cluster.preemption)
     # Share of a preempted context its resume is expected to find cached (cluster.swaps).
     retained_share: float = 1.0
+    # Seconds from a preemption to its victim's next dispatch, learned (None before any).
+    resume_wait_s: float | None = None
     slo_demoted: int = 0  # put in the best-effort SLO class on arrival (cluster.slo_admission)
 
     @property

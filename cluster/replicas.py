@@ -97,7 +97,7 @@ class ReplicaSet:
     def __getitem__(self, replica_id: str) -> ReplicaView:
         return self._views[replica_id]
 
-    def get(self, replica_id: str) -> ReplicaView | None:
+    def get(self, replica_id: str | None) -> ReplicaView | None:
         return self._views.get(replica_id)
 
     @property

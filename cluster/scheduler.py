@@ -40,8 +40,7 @@ class Scheduler:
     ) -> None:
         """`latency`: the SLO-aware policies' latency model (the simulator gives its engines'
         profile); None: the profile the policy config names."""
-        self.clock = clock
-        self.latency = latency
+        self.clock, self.latency = clock, latency
         self._replicas = ReplicaSet()
         self._requests: dict[str, Request] = {}
         self._seq = itertools.count()
@@ -202,7 +201,7 @@ class Scheduler:
         rejected: list[Request] = []
         headroom = self.config.kv_headroom_fraction
         priority = lambda r: self.queue.priority(r, now)  # noqa: E731
-        for request in () if blocked else self._swaps.order(self.queue.ordered(now), priority):
+        for request in () if blocked else self._swaps.order(self.queue, priority, replicas, now):
             view = self.routing.choose(replicas, request)
             if view is not None:
                 dispatches.append(self._dispatch(request, view, now))
@@ -214,8 +213,8 @@ class Scheduler:
         for d in dispatches:
             self.queue.remove(d.request)
         if blocked and self.config.preemption.enabled and self.queue:
-            order = self._swaps.order(self.queue.ordered(now), priority)
-            self._swaps.consider(order, priority, replicas, self._requests)
+            order = self._swaps.order(self.queue, priority, replicas, now)
+            self._swaps.consider(order, priority, replicas, self._requests, now)
         for request in rejected:
             error = f"{request.context} tokens of context do not fit in any replica's KV cache"
             self.fail(request.request_id, error)
@@ -238,6 +237,7 @@ class Scheduler:
             quantum = slice_tokens(quantum, request, batch, self._swaps.latency, self.config.policy)
         limits = (request.remaining_tokens, self.config.slice_tokens, quantum)
         budget = max(1, min(limit for limit in limits if limit is not None))
+        self._swaps.dispatched(request, view.replica_id, now)
         return dispatch(request, view, budget, self.queue.priority(request, now))
 
     def apply(self, events: EngineEvents) -> list[Request]:
@@ -315,8 +315,7 @@ class Scheduler:
         if request.state is RequestState.QUEUED:
             self.queue.remove(request)
         request.transition(RequestState.FAILED)
-        request.error = error
-        request.finish_time = self.clock.now()
+        request.error, request.finish_time = error, self.clock.now()
         self._release(request)
         self._failed += 1
 
@@ -347,6 +346,7 @@ class Scheduler:
             slices=self._slices,
             preemptions=self._swaps.count,
             retained_share=self._swaps.retained_share,
+            resume_wait_s=self._swaps.resume_wait_s,
             shed={reason.value: n for reason, n in self._shed.items()},
             slo_demoted=self.slo_admission.demoted,
         )
@@ -390,8 +390,8 @@ class Scheduler:
         self._rejected.append(request)
 
     def _release(self, request: Request) -> None:
-        if request.replica_id is not None and request.replica_id in self._replicas:
-            self._replicas[request.replica_id].release(request.request_id)
+        if (view := self._replicas.get(request.replica_id)) is not None:
+            view.release(request.request_id)
 
     def _requeue(self, request: Request) -> None:
         self._release(request)

@@ -6,9 +6,14 @@ An engine ends such a dispatch after the victim's next token and reports it ende
 and the next round gives the promised request that replica before anything else, so that the
 victim, which the policy may still rank ahead, does not take its slot back.
 
-The resume's cost counts the victim's context as retained in the proportion that resumes were
-found cached so far (`retained_share`, learned from the engines' reports, 1 before any): under
-KV pressure the queue behind a victim fills its replica again and evicts its blocks.
+The resume's cost counts the victim's context as retained when its replica is expected to keep
+its blocks longer than preempted requests have waited to resume so far (`resume_wait_s`, a
+moving average; unknown before the first resume, and nothing counts as kept until then;
+`cluster.kv_churn`), and then in the share that such resumes found cached (`retained_share`,
+learned from the engines' reports, 1 before any). Under KV pressure the requests dispatched
+behind a victim fill its replica again and evict its blocks before its turn comes. A victim
+counted so waits for a slot on its own replica while its blocks are expected there: resumed
+elsewhere, it would find none.
 
 A preempted request is then ranked with what it has (`order`): behind every queued request
 expected min_gain_ratio times shorter than its expected remaining, else where the policy puts
@@ -20,14 +25,15 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from cluster.config import PreemptionConfig
+from cluster.kv_churn import KvChurn
 from cluster.latency_model import LatencyModel
-from cluster.policies.base import PROMOTED_PRIORITY
+from cluster.policies.base import PROMOTED_PRIORITY, RequestQueue
 from cluster.preemption import Running, choose_swap, expected_remaining
 from cluster.replicas import ReplicaView
 from cluster.request import Request, RequestState
 from cluster.routing import Routing
 
-RETENTION_LEARNING_RATE = 0.1  # weight of each resume in `retained_share`
+RETENTION_LEARNING_RATE = 0.1  # weight of each resume in `retained_share` and `resume_wait_s`
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +54,7 @@ class Swaps:
     ) -> None:
         """`latency`: the engines' step times (None: those of the named `profile`, loaded
         at first use). `previous`: the decider of the settings these replace, whose count and
-        learned retained share go on (a counter, and a property of the engines)."""
+        what it learned of the engines go on."""
         self.config = config
         self._latency = latency
         self._profile = profile
@@ -60,6 +66,12 @@ class Swaps:
         self.retained_share = previous.retained_share if previous else 1.0
         # victim id -> (victim, its resuming dispatch's number, context it could find cached)
         self._resumes: dict[str, tuple[Request, int, int]] = {}
+        self.churn = previous.churn if previous else KvChurn()
+        # seconds from a preemption's decision to its victim's next dispatch; None before any
+        self.resume_wait_s: float | None = previous.resume_wait_s if previous else None
+        # victim id -> (victim, its replica, when its preemption was decided, until when it
+        # waits for that replica's room rather than move: while its blocks are likely kept)
+        self._paused: dict[str, tuple[Request, str, float, float]] = {}
 
     def freed(
         self, replicas: list[ReplicaView], routing: Routing
@@ -80,15 +92,24 @@ class Swaps:
                 yield waiting, view
 
     def order(
-        self, ordered: Iterator[Request], priority: Callable[[Request], float]
+        self,
+        queue: RequestQueue,
+        priority: Callable[[Request], float],
+        replicas: list[ReplicaView],
+        now: float,
     ) -> Iterator[Request]:
-        """The queue's policy order with preempted requests moved behind the much shorter ones
+        """The queue's policy order at `now`, with preempted requests moved behind the much
+        shorter ones, and left out while they wait for room on the replica that keeps their KV
         (with preemption off, the policy order itself)."""
+        ordered = queue.ordered(now)
         if not self.config.enabled:
             yield from ordered
             return
+        homes = {v.replica_id: v for v in replicas}
         held: list[tuple[float, Request]] = []  # preempted, waiting for their place
         for request in ordered:
+            if self._waits_for_home(request, homes, priority, now):
+                continue
             e = expected_remaining(request)
             if held and e is not None:
                 ratio = self.config.min_gain_ratio
@@ -111,21 +132,25 @@ class Swaps:
         priority: Callable[[Request], float],
         replicas: list[ReplicaView],
         requests: dict[str, Request],
+        now: float,
     ) -> None:
         """Decide swaps for the best-ranked waiting requests that no replica has room for
         (`queued`, in policy order; `priority`: the policy's), at most
         max_per_round, stopping at the first that gains nothing."""
         promised = {id(w) for *_, w in self._pending.values()}
-        for rid, (victim, *_) in list(self._resumes.items()):
-            if victim.state.is_terminal:  # ended (aborted, failed) before it resumed
-                del self._resumes[rid]
-        block_sizes = {v.replica_id: v.block_size for v in replicas}
-        running = [
-            Running(r, len(view.assigned), self._retained(r, view))
-            for view in replicas
-            for r in _running_on(view, requests)
-            if r.request_id not in self._pending
-        ]
+        for pending in (self._resumes, self._paused):
+            for rid, (victim, *_) in list(pending.items()):
+                if victim.state.is_terminal:  # ended (aborted, failed) before it resumed
+                    del pending[rid]
+        homes = {v.replica_id: v for v in replicas}
+        kept: dict[str, int] = {}  # victim id -> context its replica is expected still to hold
+        running: list[Running] = []
+        for view in replicas:
+            for r in _running_on(view, requests):
+                if r.request_id not in self._pending:
+                    kept[r.request_id] = self._kept(r, view, now)
+                    retained = round(self.retained_share * kept[r.request_id])
+                    running.append(Running(r, len(view.assigned), retained))
         decided = 0
         for waiting in queued:
             if decided >= self.config.max_per_round or not running:
@@ -146,9 +171,29 @@ class Swaps:
                 waiting,
             )
             self._ends.append(EarlyEnd(victim.request_id, victim.replica_id))
-            whole = victim.context - block_sizes[victim.replica_id]  # all but the last block
-            self._resumes[victim.request_id] = (victim, victim.num_dispatches + 1, max(1, whole))
+            home = homes[victim.replica_id]
+            # Kept, it waits for its replica while its blocks are expected there (at most the
+            # churn's window: past it, the rate measured says nothing).
+            keeps_s = min(self.churn.keeps_for_s(home, now), self.churn.window_s)
+            hold_s = keeps_s if kept[victim.request_id] else 0.0
+            self._paused[victim.request_id] = (victim, home.replica_id, now, now + hold_s)
+            if expected := kept[victim.request_id]:  # the share learned is of these
+                self._resumes[victim.request_id] = (victim, victim.num_dispatches + 1, expected)
             running = [c for c in running if c.request is not victim]
+
+    def dispatched(self, request: Request, replica_id: str, now: float) -> None:
+        """The scheduler sent `request` to the replica: KV it will fill there, and, for a
+        preempted request, how long it waited to resume."""
+        if not self.config.enabled:
+            return
+        e = expected_remaining(request)
+        answer = request.remaining_tokens if e is None else e
+        self.churn.dispatched(replica_id, request.context + answer, now)
+        if (paused := self._paused.pop(request.request_id, None)) is not None:
+            wait, last = now - paused[2], self.resume_wait_s
+            self.resume_wait_s = (
+                wait if last is None else last + RETENTION_LEARNING_RATE * (wait - last)
+            )
 
     def found_cached(self, request: Request, tokens: int) -> None:
         """An engine admitted `request` and found `tokens` of its context cached: at a
@@ -160,15 +205,41 @@ class Swaps:
         share = min(1.0, tokens / resume[2])
         self.retained_share += RETENTION_LEARNING_RATE * (share - self.retained_share)
 
-    def _retained(self, victim: Request, view: ReplicaView) -> int:
-        """Context tokens the victim's replica is expected still to hold when it resumes: while
-        the replica has free blocks for as much again (freed blocks are evicted only when an
-        allocation needs them), all but the last block in the share that resumes found, else
-        none."""
-        context = victim.context
-        if not self.config.kv_retention or view.free_blocks < view.blocks_for(context):
+    def _waits_for_home(
+        self,
+        request: Request,
+        homes: dict[str, ReplicaView],
+        priority: Callable[[Request], float],
+        now: float,
+    ) -> bool:
+        """A preempted request whose replica likely keeps its KV waits for a slot to run in
+        there, rather than move and compute it all again, until its blocks are likely gone (or
+        the policy promotes it, or the replica leaves)."""
+        paused = self._paused.get(request.request_id)
+        if paused is None or now >= paused[3] or priority(request) == PROMOTED_PRIORITY:
+            return False
+        home = homes.get(paused[1])
+        return home is not None and not home.has_slot(max_engine_waiting=0)
+
+    def _kept(self, victim: Request, view: ReplicaView, now: float) -> int:
+        """Context tokens the victim's replica is expected still to hold when it resumes: all
+        but the last block when the replica keeps a paused request's blocks longer than
+        preempted requests have waited to resume, else none."""
+        if not self.config.kv_retention:
             return 0
-        return round(self.retained_share * max(0, context - view.block_size))
+        wait = self._expected_resume_wait_s(now)
+        if wait is None or wait >= self.churn.keeps_for_s(view, now):
+            return 0
+        return max(1, victim.context - view.block_size)
+
+    def _expected_resume_wait_s(self, now: float) -> float | None:
+        """The resumes' learned wait, or, when the victims still waiting have waited longer on
+        average, that: a long wait is measured only once it is over, and the decisions taken
+        meanwhile would go on assuming the short ones that ended first."""
+        if self.resume_wait_s is None or not self._paused:
+            return self.resume_wait_s
+        waited = sum(now - paused_at for _, _, paused_at, _ in self._paused.values())
+        return max(self.resume_wait_s, waited / len(self._paused))
 
     @property
     def latency(self) -> LatencyModel:

@@ -3,9 +3,14 @@ and the swap carried out by the scheduler and a simulated engine (`cluster.swaps
 
 from __future__ import annotations
 
+import dataclasses
+
+import pytest
+
 from cluster.clock import VirtualClock
 from cluster.config import PolicyConfig, PreemptionConfig, SchedulerConfig
 from cluster.events import FinishReason
+from cluster.kv_churn import KvChurn
 from cluster.latency_model import LatencyModel
 from cluster.policies.base import PROMOTED_PRIORITY
 from cluster.preemption import Running, choose_swap, expected_remaining, slice_tokens
@@ -166,9 +171,9 @@ def test_slices_stay_as_the_policy_gives_them_without_an_overhead_bound_or_a_qua
     assert slice_tokens(10, done_soon, 32, LATENCY, PolicyConfig(name="ltr")) == 10
 
 
-def _swap_decided(swaps: Swaps, victim: Request) -> bool:
-    """Whether `swaps` preempts `victim` (8,000 tokens of context, on a roomy replica with
-    three requests that have no prediction) for a short waiting request."""
+def _roomy_replica(victim: Request) -> tuple[ReplicaView, dict[str, Request]]:
+    """`victim` running on a replica of 8 slots with three requests that have no prediction,
+    and 5,000 of its 10,000 blocks free."""
     view = ReplicaView("r0", 8, 10_000, 16, reported_free_blocks=5_000)
     running = {victim.request_id: victim}
     for i in range(3):
@@ -177,26 +182,161 @@ def _swap_decided(swaps: Swaps, victim: Request) -> bool:
         running[other.request_id] = other
     for rid in running:
         view.assign(rid, 0)
-    waiting = req("short", 10.0)
-    swaps.consider(iter([waiting]), lambda r: 0.0, [view], running)
+    return view, running
+
+
+def _swap_decided(swaps: Swaps, victim: Request, now: float = 0.0) -> bool:
+    """Whether `swaps` preempts `victim` (on `_roomy_replica`) for a short waiting request."""
+    view, running = _roomy_replica(victim)
+    swaps.consider(iter([req("short", 10.0)]), lambda r: 0.0, [view], running, now)
     return bool(swaps.take_early_ends())
+
+
+def _long_victim(rid: str) -> Request:
+    """8,000 tokens of context, ranked first wrongly: it overran its prediction of 20."""
+    victim = Request(rid, 7_900, 400, 0.0, predicted_tokens=20, dispatch_priority=-5.0)
+    victim.generated, victim.state, victim.num_dispatches = 100, RequestState.RUNNING, 1
+    victim.replica_id = "r0"
+    return victim
+
+
+def _preempt_a_short_context(swaps: Swaps, now: float = 0.0) -> Request:
+    """A preemption that pays even recomputed; the victim is left queued."""
+    victim = req(f"cheap@{now}", 20.0, generated=400, dispatch_priority=-5.0)
+    victim.state, victim.replica_id, victim.num_dispatches = RequestState.RUNNING, "r0", 1
+    assert _swap_decided(swaps, victim, now)
+    victim.state, victim.replica_id = RequestState.QUEUED, None
+    return victim
+
+
+def _learn_a_resume_wait(swaps: Swaps, wait_s: float) -> None:
+    swaps.dispatched(_preempt_a_short_context(swaps), "r0", wait_s)
+    assert swaps.resume_wait_s == wait_s
+
+
+def _give_kv(swaps: Swaps, seconds: range) -> None:
+    """2,000 tokens a second to r0 (each request 100 + its 25 expected, 16 a second)."""
+    for t in seconds:
+        for i in range(16):
+            swaps.dispatched(req(f"n{t}.{i}", 25.0), "r0", float(t))
+
+
+def test_a_long_context_counts_retained_only_once_resumes_are_known_to_come_in_time():
+    swaps = Swaps(ON, LATENCY, "a100-llama3-8b")
+    # Before any resume, its 8,000 tokens count as recomputed: a prefill its batch of 4 waits
+    # for, which outweighs the gain.
+    assert not _swap_decided(swaps, _long_victim("v0"))
+    _learn_a_resume_wait(swaps, 0.5)
+    # Little else came to its replica: its blocks stay long enough, and the swap pays.
+    assert _swap_decided(swaps, _long_victim("v1"), now=1.0)
+
+
+@pytest.mark.parametrize("resume_wait_s, pays", [(2.0, True), (60.0, False)])
+def test_a_replica_keeps_a_paused_context_only_until_the_kv_given_to_it_since_fills_its_free_blocks(
+    resume_wait_s: float, pays: bool
+):
+    swaps = Swaps(ON, LATENCY, "a100-llama3-8b")
+    _learn_a_resume_wait(swaps, resume_wait_s)
+    _give_kv(swaps, range(60))
+    view, _ = _roomy_replica(_long_victim("x"))
+    assert 38 < swaps.churn.keeps_for_s(view, 59.0) < 42  # 5,000 free blocks of 16 tokens
+    assert _swap_decided(swaps, _long_victim("v"), now=59.0) is pays
+
+
+def test_a_victim_still_waiting_counts_in_the_wait_before_its_own_resume_is_measured():
+    swaps = Swaps(ON, LATENCY, "a100-llama3-8b")
+    _learn_a_resume_wait(swaps, 0.5)
+    _give_kv(swaps, range(60))  # the replica keeps a paused context about 40 s
+    stuck = _preempt_a_short_context(swaps, now=59.0)
+    _give_kv(swaps, range(60, 110))
+    # 50 s on, it still waits: longer than the replica keeps blocks, whatever the resume
+    # measured so far (0.5 s) says.
+    assert not _swap_decided(swaps, _long_victim("v"), now=109.0)
+    swaps.dispatched(stuck, "r0", 109.0)  # it resumes: the moving average takes its 50 s
+    assert 5 < swaps.resume_wait_s < 6
+    assert _swap_decided(swaps, _long_victim("w"), now=109.0)
 
 
 def test_the_resume_cost_learns_how_much_of_a_preempted_context_the_engines_kept():
     swaps = Swaps(ON, LATENCY, "a100-llama3-8b")
-    for i in range(40):  # each resume found nothing cached: evicted while it waited
-        # ranked first, wrongly: it overran its prediction of 20 tokens
-        victim = Request(f"v{i}", 7_900, 400, 0.0, predicted_tokens=20, dispatch_priority=-5.0)
-        victim.generated, victim.state, victim.num_dispatches = 100, RequestState.RUNNING, 1
-        victim.replica_id = "r0"
+    _learn_a_resume_wait(swaps, 0.0)
+    for i in range(40):  # each resume found nothing cached (it moved, or was evicted)
+        victim = _long_victim(f"v{i}")
         decided = _swap_decided(swaps, victim)
         if not decided:
             break
         victim.num_dispatches += 1  # its resume
         swaps.found_cached(victim, 0)
     # Counted retained, the 8,000 tokens cost one block's prefill and the swap pays; once
-    # resumes showed they were not, their prefill (which its batch of 4 waits for) outweighs
-    # the gain.
+    # resumes showed they were not, their prefill outweighs the gain.
     assert i > 0 and not decided and swaps.retained_share < 0.9
     swaps.found_cached(victim, 8_000)  # no resume of a preemption in flight: no news
     assert swaps.retained_share < 0.9
+
+
+def test_kv_churn_measures_the_kv_given_to_each_replica_over_its_window():
+    churn = KvChurn(window_s=10.0)
+    view = ReplicaView("r0", 8, 1_000, 16, reported_free_blocks=500)
+    assert churn.keeps_for_s(view, 0.0) == float("inf")  # nothing came: nothing evicts
+    for t in range(10):
+        churn.dispatched("r0", 800.0, float(t))
+        churn.dispatched("r1", 5_000.0, float(t))  # another replica's churn is not r0's
+    assert churn.tokens_per_s("r0", 9.0) == 800.0
+    assert churn.keeps_for_s(view, 9.0) == 500 * 16 / 800.0
+    assert churn.tokens_per_s("r0", 19.5) == 0.0  # all of it out of the window
+
+
+def _resumed_on(preemption: PreemptionConfig) -> tuple[str, Request]:
+    """Two replicas of one slot. Twice over, a long request misranked short runs on r0 and one
+    without a prediction on r1; a short one arrives and takes r0's slot, and r1's request ends
+    first. Returns where the second long request resumed, and it."""
+    clock = VirtualClock()
+    policy = PolicyConfig(name="ltr", starvation_threshold=10_000)
+    scheduler = Scheduler(SchedulerConfig(policy=policy, preemption=preemption), clock, LATENCY)
+    ledger = Ledger()
+    engines = {}
+    for rid in ("r0", "r1"):
+        engines[rid] = make_engine(
+            ledger, rid, max_num_seqs=1, num_kv_blocks=64, enable_prefix_caching=True
+        )
+        register(scheduler, engines[rid])
+    placed: list[tuple[str, str]] = []
+
+    def run(steps: int) -> None:
+        for _ in range(steps):
+            for d in scheduler.schedule():
+                placed.append((d.request.request_id, d.replica_id))
+                engines[d.replica_id].add(d)
+            for end in scheduler.take_early_ends():
+                engines[end.replica_id].end_early(end.request_id)
+            active = [e for e in engines.values() if e.has_work()]
+            if not active:
+                return
+            clock.advance_to(clock.now() + 0.01)
+            for e in active:
+                scheduler.apply(e.events(e.step()))
+
+    for n in (1, 2):  # the first teaches the scheduler how long a resume waits
+        now = clock.now()
+        long = Request(f"long{n}", 100, 300, now, output_tokens=300, score=0.0, predicted_tokens=20)
+        scheduler.submit(long)
+        scheduler.submit(Request(f"other{n}", 100, 45, now, output_tokens=45, score=0.5))
+        run(40)
+        short = Request(f"short{n}", 50, 10, clock.now(), output_tokens=10, score=1.0)
+        short.predicted_tokens = 10
+        scheduler.submit(short)
+        run(10_000)
+        assert (
+            long.scheduler_preemptions == 1
+            and long.generated == 300 == ledger.tokens[long.request_id]
+        )
+    ledger.assert_drained()
+    return [replica for rid, replica in placed if rid == "long2"][-1], long
+
+
+def test_a_preempted_request_waits_for_the_replica_that_keeps_its_kv_rather_than_move():
+    replica, long = _resumed_on(ON)
+    assert replica == "r0" and long.cached_tokens >= 100 + 40 - 2 * 16  # found its blocks
+    # Expected to find nothing cached anyway, it takes the first free slot.
+    replica, long = _resumed_on(dataclasses.replace(ON, kv_retention=False))
+    assert replica == "r1"

@@ -96,6 +96,11 @@ def scheduler_families(s: ClusterStatus) -> list[Family]:
             "Share of a preempted context its resume is expected to find cached (learned)",
         ).add(s.preemption_retained_share),
         Family(
+            "rankserve_preemption_resume_wait_seconds",
+            GAUGE,
+            "Seconds preempted requests waited to resume (learned; NaN before any)",
+        ).add(s.preemption_resume_wait_s),
+        Family(
             "rankserve_prefix_cached_tokens",
             COUNTER,
             "Context tokens the engines found in their prefix caches as dispatches started",

@@ -58,6 +58,9 @@ class ClusterStatus:
     # Share of a preempted request's context that the preemption cost model expects its
     # resume to find cached: learned from the resumes so far (cluster.swaps).
     preemption_retained_share: float = 1.0
+    # Seconds preempted requests waited to resume (a moving average; None before any): their
+    # context counts as kept while their replica keeps blocks longer than that.
+    preemption_resume_wait_s: float | None = None
 
     @property
     def ready(self) -> bool:
@@ -147,4 +150,5 @@ def cluster_status(
         {r.request_id: r.scheduler_preemptions for r in live if r.scheduler_preemptions},
         ended.cached_tokens + sum(r.cached_tokens for r in live),
         stats.retained_share,
+        stats.resume_wait_s,
     )
