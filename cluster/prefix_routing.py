@@ -94,6 +94,9 @@ class PrefixAwareRouting:
             self._queued[p.replica_id] = self._queued.get(p.replica_id, 0) + p.uncached_tokens
         return any(v.has_slot(self.max_engine_waiting) for v in replicas)
 
+    def fits(self, view: ReplicaView, request: Request) -> bool:
+        return view.has_room(request.context, self.headroom, self.max_engine_waiting)
+
     def score(
         self, view: ReplicaView, cached_tokens: int, queued_tokens: int, tokens: int
     ) -> float:
@@ -112,9 +115,7 @@ class PrefixAwareRouting:
         queued = self._queued
         best, best_score, best_cached = None, float("-inf"), 0
         for view in replicas:
-            if not view.has_slot(self.max_engine_waiting):
-                continue
-            if view.free_blocks - view.blocks_for(tokens) < self.headroom * view.total_kv_blocks:
+            if not self.fits(view, request):
                 continue
             cached = self.index.matched(view.replica_id, keys(view.block_size)) * view.block_size
             score = self.score(view, cached, queued.get(view.replica_id, 0), tokens)
@@ -142,8 +143,11 @@ class PrefixAffinityRouting:
         self.index.retain(v.replica_id for v in replicas)
         return True
 
+    def fits(self, view: ReplicaView, request: Request) -> bool:
+        return view.can_ever_hold(request.context, self.headroom)  # the replica queues it
+
     def choose(self, replicas: list[ReplicaView], request: Request) -> ReplicaView | None:
-        usable = [v for v in replicas if v.can_ever_hold(request.context, self.headroom)]
+        usable = [v for v in replicas if self.fits(v, request)]
         if not usable:
             return None
         keys = _Keys(request, request.prompt_tokens)

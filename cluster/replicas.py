@@ -65,6 +65,15 @@ class ReplicaView:
             return False
         return len(self.assigned) < self.max_num_seqs + max_engine_waiting
 
+    def has_room(self, tokens: int, headroom_fraction: float, max_engine_waiting: int) -> bool:
+        """A slot, and free blocks for this context with `headroom_fraction` of the cache
+        left over."""
+        free_after = self.free_blocks - self.blocks_for(tokens)
+        return (
+            self.has_slot(max_engine_waiting)
+            and free_after >= headroom_fraction * self.total_kv_blocks
+        )
+
     def can_ever_hold(self, tokens: int, headroom_fraction: float) -> bool:
         """Whether this replica's cache, empty, could hold this context and its next token."""
         return self.blocks_for(tokens + 1) <= (1 - headroom_fraction) * self.total_kv_blocks

@@ -34,6 +34,10 @@ class Routing(Protocol):
         from its placements records them here)."""
         ...
 
+    def fits(self, view: ReplicaView, request: Request) -> bool:
+        """Whether `choose` would find room for `request` on `view` now (nothing recorded)."""
+        ...
+
 
 class KVBalancedRouting:
     """The global queue's routing: strict policy order, least KV-loaded replica with room. A
@@ -47,13 +51,13 @@ class KVBalancedRouting:
     def has_room(self, replicas: list[ReplicaView]) -> bool:
         return any(v.has_slot(self.max_engine_waiting) for v in replicas)
 
+    def fits(self, view: ReplicaView, request: Request) -> bool:
+        return view.has_room(request.context, self.headroom, self.max_engine_waiting)
+
     def choose(self, replicas: list[ReplicaView], request: Request) -> ReplicaView | None:
-        tokens, best, best_free = request.context, None, -1.0
+        best, best_free = None, -1.0
         for view in replicas:
-            if not view.has_slot(self.max_engine_waiting):
-                continue
-            free_after = view.free_blocks - view.blocks_for(tokens)
-            if free_after < self.headroom * view.total_kv_blocks:
+            if not self.fits(view, request):
                 continue
             if view.replica_id == request.last_replica_id:
                 return view
@@ -75,8 +79,11 @@ class PowerOfTwoRouting:
     def has_room(self, replicas: list[ReplicaView]) -> bool:
         return True
 
+    def fits(self, view: ReplicaView, request: Request) -> bool:
+        return view.can_ever_hold(request.context, self.headroom)  # the replica queues it
+
     def choose(self, replicas: list[ReplicaView], request: Request) -> ReplicaView | None:
-        usable = [v for v in replicas if v.can_ever_hold(request.context, self.headroom)]
+        usable = [v for v in replicas if self.fits(v, request)]
         if not usable:
             return None
         picked = self.rng.sample(usable, min(2, len(usable)))

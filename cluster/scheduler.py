@@ -69,8 +69,8 @@ class Scheduler:
     def _configure(self, config: SchedulerConfig, old: Swaps | None = None) -> None:
         self.config = config
         self.queue = make_queue(config.policy, config.slo, self.latency)
-        self._swaps = Swaps(config.preemption, self.latency, config.policy.slo_search.profile, old)
         self.routing = make_routing(config)
+        self._swaps = Swaps(config, self.latency, self.routing, old)
         self.admission = AdmissionControl(config.admission)
 
     def set_admission(self, admission: AdmissionConfig) -> None:
@@ -192,7 +192,7 @@ class Scheduler:
         for view in replicas:
             view.slot_limit = self.queue.concurrency_limit(view.replica_id)
         dispatches: list[Dispatch] = []
-        for waiting, view in self._swaps.freed(replicas, self.routing):  # (cluster.swaps)
+        for waiting, view in self._swaps.freed(replicas):  # (cluster.swaps)
             dispatches.append(self._dispatch(waiting, view, now))
             self.queue.remove(waiting)
         blocked = not self.routing.has_room(replicas)

@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-from cluster.config import PreemptionConfig
+from cluster.config import SchedulerConfig
 from cluster.kv_churn import KvChurn
 from cluster.latency_model import LatencyModel
 from cluster.policies.base import PROMOTED_PRIORITY, RequestQueue
@@ -47,17 +47,19 @@ class EarlyEnd:
 class Swaps:
     def __init__(
         self,
-        config: PreemptionConfig,
+        config: SchedulerConfig,
         latency: LatencyModel | None,
-        profile: str,
+        routing: Routing,
         previous: Swaps | None = None,
     ) -> None:
-        """`latency`: the engines' step times (None: those of the named `profile`, loaded
-        at first use). `previous`: the decider of the settings these replace, whose count and
-        what it learned of the engines go on."""
-        self.config = config
+        """`config`: the scheduler's, of which `preemption` is this decider's. `latency`: the
+        engines' step times (None: those of the profile the SLO search names, loaded at first
+        use). `routing`: the scheduler's. `previous`: the decider of the settings these
+        replace, whose count and what it learned of the engines go on."""
+        self.config = config.preemption
+        self.routing = routing
         self._latency = latency
-        self._profile = profile
+        self._profile = config.policy.slo_search.profile
         self.count = previous.count if previous else 0  # preemptions decided
         # victim id -> (victim, its dispatch count, its replica, the waiting request)
         self._pending: dict[str, tuple[Request, int, str, Request]] = {}
@@ -73,9 +75,7 @@ class Swaps:
         # waits for that replica's room rather than move: while its blocks are likely kept)
         self._paused: dict[str, tuple[Request, str, float, float]] = {}
 
-    def freed(
-        self, replicas: list[ReplicaView], routing: Routing
-    ) -> Iterator[tuple[Request, ReplicaView]]:
+    def freed(self, replicas: list[ReplicaView]) -> Iterator[tuple[Request, ReplicaView]]:
         """(waiting request, replica) for each swap whose victim has left its replica, when the
         request is still queued and fits there; those swaps are done. Lazy: the caller
         dispatches each before the next is checked."""
@@ -88,7 +88,7 @@ class Swaps:
             view = serving.get(view_id)
             if waiting.state is not RequestState.QUEUED or view is None:
                 continue
-            if routing.choose([view], waiting) is not None:
+            if self.routing.choose([view], waiting) is not None:
                 yield waiting, view
 
     def order(
@@ -145,10 +145,12 @@ class Swaps:
         homes = {v.replica_id: v for v in replicas}
         kept: dict[str, int] = {}  # victim id -> context its replica is expected still to hold
         running: list[Running] = []
+        wait = self._expected_resume_wait_s(now)
         for view in replicas:
+            keeps = self._keeps_paused_kv(view, wait, now)
             for r in _running_on(view, requests):
                 if r.request_id not in self._pending:
-                    kept[r.request_id] = self._kept(r, view, now)
+                    kept[r.request_id] = max(1, r.context - view.block_size) if keeps else 0
                     retained = round(self.retained_share * kept[r.request_id])
                     running.append(Running(r, len(view.assigned), retained))
         decided = 0
@@ -219,18 +221,15 @@ class Swaps:
         if paused is None or now >= paused[3] or priority(request) == PROMOTED_PRIORITY:
             return False
         home = homes.get(paused[1])
-        return home is not None and not home.has_slot(max_engine_waiting=0)
+        return home is not None and not self.routing.fits(home, request)
 
-    def _kept(self, victim: Request, view: ReplicaView, now: float) -> int:
-        """Context tokens the victim's replica is expected still to hold when it resumes: all
-        but the last block when the replica keeps a paused request's blocks longer than
-        preempted requests have waited to resume, else none."""
-        if not self.config.kv_retention:
-            return 0
-        wait = self._expected_resume_wait_s(now)
-        if wait is None or wait >= self.churn.keeps_for_s(view, now):
-            return 0
-        return max(1, victim.context - view.block_size)
+    def _keeps_paused_kv(self, view: ReplicaView, wait_s: float | None, now: float) -> bool:
+        """Whether a victim's replica is expected still to hold its context (all but the last
+        block) when it resumes: when it keeps a paused request's blocks longer than preempted
+        requests wait to resume (`wait_s`)."""
+        if not self.config.kv_retention or wait_s is None:
+            return False
+        return wait_s < self.churn.keeps_for_s(view, now)
 
     def _expected_resume_wait_s(self, now: float) -> float | None:
         """The resumes' learned wait, or, when the victims still waiting have waited longer on

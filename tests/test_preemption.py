@@ -16,6 +16,7 @@ from cluster.policies.base import PROMOTED_PRIORITY
 from cluster.preemption import Running, choose_swap, expected_remaining, slice_tokens
 from cluster.replicas import ReplicaView
 from cluster.request import Request, RequestState
+from cluster.routing import make_routing
 from cluster.scheduler import Scheduler
 from cluster.swaps import Swaps
 from tests.sim_audit import Ledger, make_engine, register
@@ -28,6 +29,12 @@ def req(rid: str, predicted: float | None, generated: int = 0, max_tokens: int =
     r = Request(rid, 100, max_tokens, 0.0, predicted_tokens=predicted, **kw)
     r.generated = generated
     return r
+
+
+def swaps_on() -> Swaps:
+    """The swaps of a scheduler with preemption `ON` and its default routing."""
+    config = SchedulerConfig(preemption=ON)
+    return Swaps(config, LATENCY, make_routing(config))
 
 
 def swap(waiting, victim, config=ON, waiting_priority=0.0, batch=4):
@@ -222,7 +229,7 @@ def _give_kv(swaps: Swaps, seconds: range) -> None:
 
 
 def test_a_long_context_counts_retained_only_once_resumes_are_known_to_come_in_time():
-    swaps = Swaps(ON, LATENCY, "a100-llama3-8b")
+    swaps = swaps_on()
     # Before any resume, its 8,000 tokens count as recomputed: a prefill its batch of 4 waits
     # for, which outweighs the gain.
     assert not _swap_decided(swaps, _long_victim("v0"))
@@ -235,7 +242,7 @@ def test_a_long_context_counts_retained_only_once_resumes_are_known_to_come_in_t
 def test_a_replica_keeps_a_paused_context_only_until_the_kv_given_to_it_since_fills_its_free_blocks(
     resume_wait_s: float, pays: bool
 ):
-    swaps = Swaps(ON, LATENCY, "a100-llama3-8b")
+    swaps = swaps_on()
     _learn_a_resume_wait(swaps, resume_wait_s)
     _give_kv(swaps, range(60))
     view, _ = _roomy_replica(_long_victim("x"))
@@ -244,7 +251,7 @@ def test_a_replica_keeps_a_paused_context_only_until_the_kv_given_to_it_since_fi
 
 
 def test_a_victim_still_waiting_counts_in_the_wait_before_its_own_resume_is_measured():
-    swaps = Swaps(ON, LATENCY, "a100-llama3-8b")
+    swaps = swaps_on()
     _learn_a_resume_wait(swaps, 0.5)
     _give_kv(swaps, range(60))  # the replica keeps a paused context about 40 s
     stuck = _preempt_a_short_context(swaps, now=59.0)
@@ -258,7 +265,7 @@ def test_a_victim_still_waiting_counts_in_the_wait_before_its_own_resume_is_meas
 
 
 def test_the_resume_cost_learns_how_much_of_a_preempted_context_the_engines_kept():
-    swaps = Swaps(ON, LATENCY, "a100-llama3-8b")
+    swaps = swaps_on()
     _learn_a_resume_wait(swaps, 0.0)
     for i in range(40):  # each resume found nothing cached (it moved, or was evicted)
         victim = _long_victim(f"v{i}")
